@@ -1,0 +1,25 @@
+"""Masked Autoencoder pretraining with PyTorch Lightning."""
+
+from mae_lightning.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    MAEDataModule,
+    STL10DataModule,
+)
+from mae_lightning.models import MaskedAutoencoder
+from mae_lightning.pretrain import MAEPretraining
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "MAEDataModule",
+    "MAEPretraining",
+    "MaskedAutoencoder",
+    "STL10DataModule",
+]

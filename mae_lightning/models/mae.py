@@ -1,0 +1,221 @@
+"""The Masked Autoencoder of He et al. (2021) as a plain ``nn.Module``.
+
+A drop-in for facebookresearch/mae's ``MaskedAutoencoderViT``: the same constructor arguments,
+the same ``state_dict`` keys (an official ``*_full.pth`` loads with ``strict=True``), the same
+initialisation and the same ``forward(imgs, mask_ratio) -> (loss, pred, mask)``. Generalised to
+any channel count and to non-square images; ``noise`` fixes the masking when given.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
+from mae_lightning.ops import num_kept, patchify, random_masking, sincos_2d, unpatchify
+
+
+class MaskedAutoencoder(nn.Module):
+    """ViT encoder on the visible patches, light transformer decoder, MSE on the masked patches.
+
+    Args:
+        img_size: image side, or (height, width); each must be a multiple of ``patch_size``.
+        patch_size: side of a square patch in pixels.
+        in_chans: image channels (1 for grayscale, 3 for RGB, any number of bands).
+        embed_dim: encoder width.
+        depth: encoder blocks.
+        num_heads: encoder attention heads.
+        decoder_embed_dim: decoder width.
+        decoder_depth: decoder blocks.
+        decoder_num_heads: decoder attention heads.
+        mlp_ratio: hidden width of the MLPs relative to the block width.
+        norm_pix_loss: regress per-patch normalised pixels (zero mean, unit variance per patch),
+            the paper's default for its best results.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if in_chans <= 0:
+            raise ValueError(f"in_chans must be positive, got {in_chans}")
+        for name, width in (("embed_dim", embed_dim), ("decoder_embed_dim", decoder_embed_dim)):
+            if width % 4:
+                raise ValueError(f"{name} must be divisible by 4 for the 2-D sin-cos table, got {width}")
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.norm_pix_loss = norm_pix_loss
+
+        # Encoder: sees the visible patches and the cls token only.
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.grid_size = self.patch_embed.grid_size
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Fixed (not trained) tables; parameters rather than buffers to keep the official keys.
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = LayerNorm(embed_dim)
+
+        # Decoder: encoded visible tokens + one shared mask token per removed patch.
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
+        )
+        self.decoder_norm = LayerNorm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
+
+        self.initialize_weights()
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_embed.num_patches
+
+    def initialize_weights(self) -> None:
+        """The official initialisation: sin-cos tables, xavier-uniform linears, N(0, 0.02) tokens."""
+        self.pos_embed.data.copy_(sincos_2d(self.pos_embed.shape[-1], self.grid_size, cls_token=True)[None])
+        self.decoder_pos_embed.data.copy_(
+            sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True)[None]
+        )
+        # The patch embedding is initialised as the Linear layer it is (viewed as out x (C*p*p));
+        # its bias keeps PyTorch's default, as in the official code.
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(_init_linear_and_norm)
+
+    # ------------------------------------------------------------------ patches
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """imgs: (N, C, H, W) -> (N, L, p*p*C)."""
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """x: (N, L, p*p*C) -> (N, C, H, W)."""
+        return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
+
+    # ------------------------------------------------------------------ model
+    def forward_encoder(
+        self, imgs: Tensor, mask_ratio: float, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode the visible patches.
+
+        imgs: (N, C, H, W) -> latent (N, 1 + L_keep, D), mask (N, L), ids_restore (N, L).
+        """
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        x, mask, ids_restore = random_masking(x, mask_ratio, noise)
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]
+        x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """Predict every patch's pixels.
+
+        latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*C).
+        """
+        x = self.decoder_embed(latent)
+        n, _, dim = x.shape
+        num_masked = ids_restore.shape[1] + 1 - x.shape[1]
+        # Append the mask tokens after the visible ones, then unshuffle to the original order.
+        x_ = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x[:, 1:, :]
+
+    def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """Mean squared error per patch, averaged over the removed patches only.
+
+        imgs: (N, C, H, W), pred: (N, L, p*p*C), mask: (N, L) with 1 = removed -> scalar loss.
+        """
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)  # unbiased, as the official code
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        loss = ((pred - target) ** 2).mean(dim=-1)
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(
+        self, imgs: Tensor, mask_ratio: float = 0.75, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Mask, encode, decode and score a batch.
+
+        Args:
+            imgs: (N, C, H, W) images, normalised as in training.
+            mask_ratio: share of patches removed, in (0, 1).
+            noise: optional (N, L) values fixing the mask (the smallest ``int(L * (1 - mask_ratio))`` are kept).
+
+        Returns:
+            loss: scalar, MSE on the removed patches.
+            pred: (N, L, p*p*C) predicted patches (normalised per patch when ``norm_pix_loss``).
+            mask: (N, L), 1 on removed patches.
+        """
+        check_mask_ratio(mask_ratio, self.num_patches)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        loss = self.forward_loss(imgs, pred, mask)
+        return loss, pred, mask
+
+    # ------------------------------------------------------------------ embeddings
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """Encode every patch, no masking: imgs (N, C, H, W) -> (N, 1 + L, D) after the final norm."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]
+        x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def embed(self, imgs: Tensor, pool: str = "cls") -> Tensor:
+        """Image embeddings for downstream use: imgs (N, C, H, W) -> (N, D).
+
+        Args:
+            imgs: images.
+            pool: ``"cls"`` for the cls token, ``"mean"`` for the mean of the patch tokens.
+        """
+        tokens = self.forward_features(imgs)
+        if pool == "cls":
+            return tokens[:, 0]
+        if pool == "mean":
+            return tokens[:, 1:].mean(dim=1)
+        raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+
+
+def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
+    """Raise a ValueError unless ``mask_ratio`` leaves at least one visible and one masked patch."""
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio}")
+    if num_kept(num_patches, mask_ratio) < 1:
+        raise ValueError(f"mask_ratio={mask_ratio} keeps no patch visible out of {num_patches}: lower it")
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,95 @@
+"""Vision Transformer building blocks with timm's parameter names.
+
+``PatchEmbed.proj``, ``Block.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/mlp.fc2``: the same keys as
+``timm.models.vision_transformer``, so state dicts move between this project, timm and the
+official MAE code without renaming.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mae_lightning.ops import grid_size
+
+# The official MAE models use LayerNorm with eps 1e-6 everywhere (timm's ViT default).
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens with one strided convolution.
+
+    Args:
+        img_size: image (height, width).
+        patch_size: side of a square patch.
+        in_chans: image channels.
+        embed_dim: token width.
+    """
+
+    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.img_size = tuple(img_size)
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grid_size = grid_size(self.img_size, patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        """imgs: (N, C, H, W) -> (N, L, D)."""
+        if imgs.ndim != 4 or imgs.shape[1] != self.in_chans or tuple(imgs.shape[2:]) != self.img_size:
+            raise ValueError(
+                f"expected images of shape (N, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
+                f"got {tuple(imgs.shape)}"
+            )
+        return self.proj(imgs).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and PyTorch's SDPA kernel."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, T, D) -> (N, T, D)."""
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+
+
+class Mlp(nn.Module):
+    """Two linear layers with an exact GELU between them."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

@@ -1,0 +1,130 @@
+"""The tensor operations MAE is made of: patches, random masking and 2-D sin-cos position tables.
+
+Every function here matches facebookresearch/mae (``models_mae.py`` and ``util/pos_embed.py``)
+value for value, generalised to any channel count and to non-square images. Patch vectors are
+laid out ``(p, q, c)`` (row in patch, column in patch, channel), as in the official code, so that
+an official ``decoder_pred`` layer predicts the same pixels here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def grid_size(img_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """Number of patches along (height, width); raises if the image does not divide evenly.
+
+    Args:
+        img_size: image (height, width) in pixels.
+        patch_size: side of a square patch in pixels.
+    """
+    height, width = img_size
+    if patch_size <= 0 or height <= 0 or width <= 0:
+        raise ValueError(f"img_size and patch_size must be positive, got img_size={img_size}, patch_size={patch_size}")
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"img_size={img_size} is not divisible by patch_size={patch_size}: "
+            f"both height and width must be multiples of the patch size"
+        )
+    return height // patch_size, width // patch_size
+
+
+def patchify(imgs: Tensor, patch_size: int) -> Tensor:
+    """Cut images into flattened patches.
+
+    imgs: (N, C, H, W) -> (N, L, p*p*C) with L = (H/p) * (W/p), patches in row-major order.
+    """
+    n, c, h, w = imgs.shape
+    gh, gw = grid_size((h, w), patch_size)
+    p = patch_size
+    x = imgs.reshape(n, c, gh, p, gw, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(n, gh * gw, p * p * c)
+
+
+def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:
+    """Inverse of :func:`patchify`.
+
+    patches: (N, L, p*p*C) -> (N, C, gh*p, gw*p), where ``grid = (gh, gw)`` and L = gh * gw.
+    """
+    n, length, dim = patches.shape
+    gh, gw = grid
+    p = patch_size
+    if length != gh * gw or dim != p * p * channels:
+        raise ValueError(
+            f"patches of shape {tuple(patches.shape)} do not match grid={grid}, "
+            f"patch_size={patch_size}, channels={channels} (expected (N, {gh * gw}, {p * p * channels}))"
+        )
+    x = patches.reshape(n, gh, gw, p, p, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(n, channels, gh * p, gw * p)
+
+
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+    """How many patches the encoder sees: ``int(L * (1 - mask_ratio))``, as the official code."""
+    return int(num_patches * (1 - mask_ratio))
+
+
+def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep a random subset of tokens per sample (the official ``random_masking``).
+
+    The tokens with the smallest noise are kept, so passing the same ``noise`` reproduces a mask.
+
+    Args:
+        x: (N, L, D) tokens.
+        mask_ratio: share of tokens removed, in [0, 1).
+        noise: optional (N, L) values whose per-row argsort decides the order; uniform when None.
+
+    Returns:
+        x_kept: (N, L_keep, D) the visible tokens, in the order of increasing noise.
+        mask: (N, L) float, 0 where kept and 1 where removed, in the original token order.
+        ids_restore: (N, L) long, the permutation that undoes the shuffle (argsort of the argsort).
+    """
+    n, length, dim = x.shape
+    if noise is None:
+        noise = torch.rand(n, length, device=x.device)
+    elif noise.shape != (n, length):
+        raise ValueError(f"noise must have shape (N, L) = {(n, length)}, got {tuple(noise.shape)}")
+    len_keep = num_kept(length, mask_ratio)
+
+    ids_shuffle = torch.argsort(noise, dim=1)
+    # Inverse permutation by scatter: the same values as argsort(ids_shuffle), in O(L) instead of O(L log L).
+    positions = torch.arange(length, device=x.device).expand(n, length)
+    ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, positions)
+
+    ids_keep = ids_shuffle[:, :len_keep]
+    # expand (a view) instead of repeat (a copy): gather reads the index without materialising it.
+    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+    # A token is removed exactly when its rank in the shuffle is >= len_keep.
+    mask = (ids_restore >= len_keep).to(x.dtype)
+    return x_kept, mask, ids_restore
+
+
+def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
+    """1-D sin-cos table: positions (M,) -> (M, embed_dim), first half sin, second half cos."""
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even for a sin-cos table, got {embed_dim}")
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = positions.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(embed_dim: int, grid: tuple[int, int], cls_token: bool = False) -> Tensor:
+    """Fixed 2-D sin-cos position table of the official code, for a (gh, gw) patch grid.
+
+    The first half of each vector encodes the column, the second half the row (the official
+    code's ``meshgrid(grid_w, grid_h)`` order), rows of the table in row-major patch order.
+
+    Returns:
+        (gh*gw, embed_dim) float32, or (1 + gh*gw, embed_dim) with a leading zero row for the cls token.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    table = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, embed_dim, dtype=table.dtype), table], dim=0)
+    return table.float()

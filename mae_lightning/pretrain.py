@@ -1,0 +1,170 @@
+"""The LightningModule that pretrains a :class:`MaskedAutoencoder` with the paper's recipe."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
+from mae_lightning.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+
+
+class MAEPretraining(LightningModule):
+    """Masked-autoencoder pretraining: AdamW, lr scaled by the effective batch, warmup + cosine.
+
+    The learning rate is set before every step from the fractional epoch, as the official
+    ``lr_sched.adjust_learning_rate``; so the schedule is defined in epochs and stays the same
+    when the number of devices changes between runs.
+
+    Args:
+        model: the masked autoencoder to train.
+        mask_ratio: share of patches removed per image.
+        base_lr: learning rate per 256 images of effective batch
+            (``lr = base_lr * batch_size * devices * nodes * accumulate_grad_batches / 256``).
+        lr: absolute peak learning rate; overrides ``base_lr`` when set.
+        min_lr: learning rate at the end of the cosine decay.
+        weight_decay: AdamW weight decay on weight matrices (none on biases and norms).
+        betas: AdamW betas; the paper uses (0.9, 0.95).
+        warmup_epochs: epochs of linear warmup from 0 to the peak learning rate.
+        val_mask_seed: seed of the validation masks, so that ``val/loss`` is comparable across epochs.
+    """
+
+    def __init__(
+        self,
+        model: MaskedAutoencoder,
+        mask_ratio: float = 0.75,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40,
+        val_mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_mask_ratio(mask_ratio, model.num_patches)
+        for name, value in (("base_lr", base_lr), ("lr", lr)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
+            raise ValueError(
+                f"min_lr, warmup_epochs and weight_decay must be >= 0, got {min_lr}, {warmup_epochs}, {weight_decay}"
+            )
+        # Under LightningCLI the hyperparameters are the parsed config (the model as class_path +
+        # init_args), so a checkpoint rebuilds the whole module alone. A module built in Python
+        # keeps the other arguments; pass `model=` again to `load_from_checkpoint`.
+        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["model"])
+        self.model = model
+        self.mask_ratio = mask_ratio
+        self.base_lr = base_lr
+        self.lr = lr
+        self.min_lr = min_lr
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_epochs = warmup_epochs
+        self.val_mask_seed = val_mask_seed
+
+        self.effective_batch_size: int | None = None
+        self.peak_lr: float | None = None
+        self._resumed_from: dict | None = None
+        self._images_since_log = 0
+        self._last_log_time = 0.0
+
+    def forward(self, imgs: Tensor, mask_ratio: float | None = None, noise: Tensor | None = None):
+        """Delegates to the model: returns (loss, pred, mask)."""
+        return self.model(imgs, self.mask_ratio if mask_ratio is None else mask_ratio, noise)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        groups = param_groups_weight_decay(self.model, self.weight_decay)
+        # The lr given here is replaced before the first step (see on_train_batch_start).
+        return torch.optim.AdamW(groups, lr=self.lr or self.base_lr, betas=self.betas)
+
+    def on_train_start(self) -> None:
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if not batch_size:
+            raise ValueError("the training DataLoader must have a fixed batch_size to scale the learning rate")
+        self.effective_batch_size = batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        self.peak_lr = self.lr if self.lr is not None else scaled_lr(self.base_lr, self.effective_batch_size)
+        rank_zero_info(
+            f"Effective batch size {self.effective_batch_size} = {batch_size} per device x "
+            f"{self.trainer.world_size} processes x {self.trainer.accumulate_grad_batches} accumulated; "
+            f"peak lr {self.peak_lr:.3e}"
+        )
+        previous = self._resumed_from
+        if previous and previous.get("effective_batch_size") != self.effective_batch_size:
+            rank_zero_warn(
+                f"Resuming with effective batch size {self.effective_batch_size}, but the checkpoint was trained "
+                f"with {previous.get('effective_batch_size')}: the peak lr changes from {previous.get('peak_lr'):.3e} "
+                f"to {self.peak_lr:.3e}. Set `model.init_args.lr` to keep the old value."
+            )
+        self._images_since_log = 0
+        self._last_log_time = time.perf_counter()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mae_lightning"] = {"effective_batch_size": self.effective_batch_size, "peak_lr": self.peak_lr}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_from = checkpoint.get("mae_lightning")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        trainer = self.trainer
+        epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
+        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, self._total_epochs())
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] = lr
+
+    def _total_epochs(self) -> float:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            return float(trainer.max_epochs)
+        # Training bounded by max_steps only: convert the step budget into epochs.
+        steps_per_epoch = max(trainer.num_training_batches, 1) / trainer.accumulate_grad_batches
+        return trainer.max_steps / steps_per_epoch
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        imgs = batch[0]
+        loss, _, _ = self.model(imgs, self.mask_ratio)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        self._images_since_log += imgs.shape[0]
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Host-side numbers only (python floats): no device synchronisation on the hot path.
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            now = time.perf_counter()
+            elapsed = now - self._last_log_time
+            if elapsed > 0:
+                rate = self._images_since_log * self.trainer.world_size / elapsed
+                self.log("train/images_per_sec", rate, on_step=True, on_epoch=False)
+            self._images_since_log = 0
+            self._last_log_time = now
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self._fixed_mask_loss(batch[0], batch_idx)
+        self.log("val/loss", loss, sync_dist=True, prog_bar=True, batch_size=batch[0].shape[0])
+        return loss
+
+    def test_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self._fixed_mask_loss(batch[0], batch_idx)
+        self.log("test/loss", loss, sync_dist=True, batch_size=batch[0].shape[0])
+        return loss
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """Unmasked image embeddings (cls token and mean of the patch tokens) with the targets."""
+        tokens = self.model.forward_features(batch[0])
+        return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(dim=1), "target": batch[1]}
+
+    def _fixed_mask_loss(self, imgs: Tensor, batch_idx: int) -> Tensor:
+        # The same masks every epoch, so the loss measures the model and not the draw.
+        generator = torch.Generator(device=imgs.device).manual_seed(self.val_mask_seed + batch_idx)
+        noise = torch.rand(imgs.shape[0], self.model.num_patches, device=imgs.device, generator=generator)
+        loss, _, _ = self.model(imgs, self.mask_ratio, noise)
+        return loss
