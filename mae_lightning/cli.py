@@ -15,7 +15,6 @@ import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 
 # Lines of jsonargparse's nested union report that say nothing to a user.
 _NOISE = (
