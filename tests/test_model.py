@@ -1,0 +1,297 @@
+"""The MaskedAutoencoder against the official model: keys, initialisation, forward pass and loss."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mae_lightning.models import MaskedAutoencoder, mae_vit_base_patch16
+from mae_lightning.ops import patchify, sincos_2d
+from tests.test_ops import official_random_masking
+
+TINY = dict(
+    img_size=16,
+    patch_size=4,
+    in_chans=3,
+    embed_dim=32,
+    depth=2,
+    num_heads=4,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+)
+
+
+def tiny(**overrides):
+    return MaskedAutoencoder(**{**TINY, **overrides})
+
+
+# ---------------------------------------------------------------------------- a reference forward pass
+def manual_block(block, x):
+    """timm's Block with attention written out (softmax(q k^T / sqrt(d)) v), as in the official code."""
+    n, t, d = x.shape
+    heads = block.attn.num_heads
+    h = block.norm1(x)
+    qkv = block.attn.qkv(h).reshape(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = (q @ k.transpose(-2, -1)) * (d // heads) ** -0.5
+    h = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, t, d)
+    x = x + block.attn.proj(h)
+    h = block.norm2(x)
+    return x + block.mlp.fc2(F.gelu(block.mlp.fc1(h)))
+
+
+def official_forward(model, imgs, mask_ratio, noise):
+    """facebookresearch/mae MaskedAutoencoderViT.forward, line by line, on our parameters."""
+    x = model.patch_embed.proj(imgs).flatten(2).transpose(1, 2)
+    x = x + model.pos_embed[:, 1:, :]
+    x, mask, ids_restore = official_random_masking(x, mask_ratio, noise)
+    cls_token = model.cls_token + model.pos_embed[:, :1, :]
+    x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+    for blk in model.blocks:
+        x = manual_block(blk, x)
+    x = model.norm(x)
+
+    x = model.decoder_embed(x)
+    mask_tokens = model.mask_token.repeat(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], 1)
+    x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
+    x_ = torch.gather(x_, dim=1, index=ids_restore.unsqueeze(-1).repeat(1, 1, x.shape[2]))
+    x = torch.cat([x[:, :1, :], x_], dim=1) + model.decoder_pos_embed
+    for blk in model.decoder_blocks:
+        x = manual_block(blk, x)
+    pred = model.decoder_pred(model.decoder_norm(x))[:, 1:, :]
+
+    target = patchify(imgs, model.patch_size)
+    if model.norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    loss = ((pred - target) ** 2).mean(dim=-1)
+    loss = (loss * mask).sum() / mask.sum()
+    return loss, pred, mask
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+@pytest.mark.parametrize("in_chans,img_size", [(3, 16), (1, (16, 24)), (13, 8)])
+def test_forward_equals_the_official_model(norm_pix_loss, in_chans, img_size):
+    torch.manual_seed(0)
+    model = tiny(in_chans=in_chans, img_size=img_size, norm_pix_loss=norm_pix_loss).eval()
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    imgs = torch.randn(3, in_chans, h, w)
+    noise = torch.rand(3, model.num_patches)
+    loss, pred, mask = model(imgs, 0.75, noise)
+    ref_loss, ref_pred, ref_mask = official_forward(model, imgs, 0.75, noise)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(pred, ref_pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- interface
+def test_output_shapes_and_mask_count():
+    model = tiny()
+    loss, pred, mask = model(torch.randn(2, 3, 16, 16))
+    assert loss.ndim == 0
+    assert pred.shape == (2, 16, 4 * 4 * 3)
+    assert mask.shape == (2, 16)
+    assert torch.equal(mask.sum(dim=1), torch.tensor([12.0, 12.0]))
+
+
+def test_state_dict_keys_are_the_official_ones():
+    model = tiny(depth=1, decoder_depth=1)
+    block = [
+        "norm1.weight",
+        "norm1.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc1.bias",
+        "mlp.fc2.weight",
+        "mlp.fc2.bias",
+    ]
+    official = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+        "decoder_embed.weight",
+        "decoder_embed.bias",
+        "mask_token",
+        "decoder_pos_embed",
+        "decoder_norm.weight",
+        "decoder_norm.bias",
+        "decoder_pred.weight",
+        "decoder_pred.bias",
+        *(f"blocks.0.{k}" for k in block),
+        *(f"decoder_blocks.0.{k}" for k in block),
+    }
+    assert set(model.state_dict()) == official
+
+
+def test_official_full_checkpoint_shapes_load_strictly():
+    """A ViT-B state dict with the official shapes (e.g. mae_pretrain_vit_base_full.pth) loads with strict=True."""
+    model = mae_vit_base_patch16(norm_pix_loss=True)
+    shapes = {
+        "pos_embed": (1, 197, 768),
+        "decoder_pos_embed": (1, 197, 512),
+        "patch_embed.proj.weight": (768, 3, 16, 16),
+        "blocks.11.attn.qkv.weight": (2304, 768),
+        "blocks.11.mlp.fc1.weight": (3072, 768),
+        "decoder_blocks.7.attn.qkv.weight": (1536, 512),
+        "decoder_pred.weight": (768, 512),
+        "mask_token": (1, 1, 512),
+    }
+    state = model.state_dict()
+    for key, shape in shapes.items():
+        assert tuple(state[key].shape) == shape, key
+    fresh = {k: torch.randn_like(v) for k, v in state.items()}
+    assert not model.load_state_dict(fresh, strict=True).missing_keys
+    # Encoder parameters of ViT-B/16 (timm's vit_base_patch16_224 without its head): 85.8M
+    encoder = sum(v.numel() for k, v in state.items() if not k.startswith(("decoder", "mask_token")))
+    assert encoder == 85_798_656
+
+
+# ---------------------------------------------------------------------------- what the encoder sees
+def test_encoder_output_does_not_depend_on_masked_pixels():
+    torch.manual_seed(0)
+    model = tiny().eval()
+    imgs = torch.randn(2, 3, 16, 16)
+    noise = torch.rand(2, 16)
+    latent, mask, _ = model.forward_encoder(imgs, 0.75, noise)
+    pixel_mask = model.unpatchify(mask[..., None].expand(-1, -1, 4 * 4 * 3))  # 1 on removed pixels
+    changed = imgs + 100.0 * torch.randn_like(imgs) * pixel_mask
+    latent_changed, _, _ = model.forward_encoder(changed, 0.75, noise)
+    assert torch.equal(latent, latent_changed)
+    assert latent.shape == (2, 1 + 4, 32)
+    # and it does depend on the visible ones
+    latent_visible, _, _ = model.forward_encoder(imgs + (1 - pixel_mask), 0.75, noise)
+    assert not torch.allclose(latent, latent_visible)
+
+
+# ---------------------------------------------------------------------------- the loss
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_loss_is_mse_over_masked_patches_only(norm_pix_loss):
+    model = tiny(norm_pix_loss=norm_pix_loss)
+    imgs = torch.randn(2, 3, 16, 16)
+    pred = torch.randn(2, 16, 48)
+    mask = torch.zeros(2, 16)
+    mask[0, [1, 5]] = 1
+    mask[1, [0, 2, 3]] = 1
+    expected, count = 0.0, 0
+    for n in range(2):
+        for i in range(16):
+            if mask[n, i]:
+                row, col = divmod(i, 4)
+                target = imgs[n, :, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4].permute(1, 2, 0).reshape(-1)
+                if norm_pix_loss:
+                    mean = target.mean()
+                    var = ((target - mean) ** 2).sum() / (target.numel() - 1)
+                    target = (target - mean) / math.sqrt(var + 1e-6)
+                expected += ((pred[n, i] - target) ** 2).mean().item()
+                count += 1
+    assert math.isclose(model.forward_loss(imgs, pred, mask).item(), expected / count, rel_tol=1e-5)
+    # predictions on visible patches do not count
+    other = pred + 5.0 * (1 - mask)[..., None]
+    assert torch.equal(model.forward_loss(imgs, other, mask), model.forward_loss(imgs, pred, mask))
+
+
+# ---------------------------------------------------------------------------- initialisation
+def test_initialisation_matches_official():
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(
+        img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1
+    )
+    assert torch.equal(model.pos_embed[0], sincos_2d(64, (8, 8), cls_token=True))
+    assert torch.equal(model.decoder_pos_embed[0], sincos_2d(32, (8, 8), cls_token=True))
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            bound = math.sqrt(6 / (module.in_features + module.out_features))
+            assert module.weight.abs().max() <= bound, name
+            assert module.weight.abs().max() > 0.9 * bound, name  # uniform over the whole xavier range
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+        if isinstance(module, torch.nn.LayerNorm):
+            assert module.eps == 1e-6
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+    w = model.patch_embed.proj.weight
+    bound = math.sqrt(6 / (w.shape[0] + w[0].numel()))
+    assert bound * 0.9 < w.abs().max() <= bound
+    for token in (model.cls_token, model.mask_token):
+        assert 0.01 < token.std().item() < 0.03
+
+
+def test_initialisation_of_the_tokens_has_std_002():
+    torch.manual_seed(0)
+    model = tiny(embed_dim=4096, num_heads=1, depth=0, decoder_embed_dim=4096, decoder_num_heads=1, decoder_depth=0)
+    assert abs(model.cls_token.std().item() - 0.02) < 0.001
+    assert abs(model.mask_token.std().item() - 0.02) < 0.001
+
+
+# ---------------------------------------------------------------------------- training signal
+def test_gradients_reach_encoder_and_decoder_and_tables_stay_fixed():
+    torch.manual_seed(0)
+    model = tiny()
+    tables = (model.pos_embed.detach().clone(), model.decoder_pos_embed.detach().clone())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, _, _ = model(torch.randn(4, 3, 16, 16))
+    loss.backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        else:
+            assert param.grad is None, name
+    optimizer.step()
+    assert torch.equal(model.pos_embed, tables[0])
+    assert torch.equal(model.decoder_pos_embed, tables[1])
+
+
+# ---------------------------------------------------------------------------- geometry and errors
+@pytest.mark.parametrize("in_chans", [1, 3, 4, 13])
+def test_any_channel_count_and_non_square_images(in_chans):
+    model = tiny(in_chans=in_chans, img_size=(8, 20))
+    loss, pred, mask = model(torch.randn(2, in_chans, 8, 20))
+    assert pred.shape == (2, 2 * 5, 16 * in_chans)
+    assert model.unpatchify(pred).shape == (2, in_chans, 8, 20)
+    assert torch.isfinite(loss)
+
+
+def test_invalid_configurations_raise_value_errors_naming_the_values():
+    with pytest.raises(ValueError, match=r"img_size=\(18, 18\) is not divisible by patch_size=4"):
+        tiny(img_size=18)
+    with pytest.raises(ValueError, match="embed_dim must be divisible by 4.*got 30"):
+        tiny(embed_dim=30, num_heads=3)
+    with pytest.raises(ValueError, match="width 32 is not divisible by num_heads=5"):
+        tiny(num_heads=5)
+    with pytest.raises(ValueError, match="in_chans must be positive"):
+        tiny(in_chans=0)
+    model = tiny()
+    for ratio in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=f"mask_ratio must be in the open interval \\(0, 1\\), got {ratio}"):
+            model(torch.randn(1, 3, 16, 16), ratio)
+    with pytest.raises(ValueError, match="keeps no patch visible"):
+        model(torch.randn(1, 3, 16, 16), 0.99)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 3, 16, 16\), got \(1, 1, 16, 16\)"):
+        model(torch.randn(1, 1, 16, 16))
+
+
+# ---------------------------------------------------------------------------- embeddings
+def test_embeddings_without_masking():
+    torch.manual_seed(0)
+    model = tiny().eval()
+    imgs = torch.randn(3, 3, 16, 16)
+    tokens = model.forward_features(imgs)
+    assert tokens.shape == (3, 17, 32)
+    assert torch.equal(model.embed(imgs, "cls"), tokens[:, 0])
+    assert torch.equal(model.embed(imgs, "mean"), tokens[:, 1:].mean(dim=1))
+    # the same as the masked encoder keeping every patch in its original order
+    latent, _, _ = model.forward_encoder(imgs, 0.0, torch.arange(16.0).expand(3, 16))
+    torch.testing.assert_close(latent, tokens)
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
+        model.embed(imgs, "max")

@@ -1,0 +1,160 @@
+"""Exact tests of the tensor operations against the official MAE formulas."""
+
+import numpy as np
+import pytest
+import torch
+
+from mae_lightning.ops import grid_size, num_kept, patchify, random_masking, sincos_2d, unpatchify
+
+
+# ---------------------------------------------------------------------------- patches
+@pytest.mark.parametrize("channels", [1, 3, 5])
+@pytest.mark.parametrize("height,width", [(8, 8), (8, 12), (12, 4)])
+def test_patchify_round_trip(channels, height, width):
+    imgs = torch.randn(2, channels, height, width)
+    patches = patchify(imgs, 4)
+    assert patches.shape == (2, (height // 4) * (width // 4), 4 * 4 * channels)
+    assert torch.equal(unpatchify(patches, 4, (height // 4, width // 4), channels), imgs)
+
+
+def test_patch_vector_layout_is_row_col_channel():
+    """Patch (i, j), element (p, q, c) is pixel (c, i*P + p, j*P + q): the official (p, q, c) order."""
+    P, C = 2, 3
+    imgs = torch.randn(1, C, 4, 6)
+    patches = patchify(imgs, P)
+    gw = 6 // P
+    for i in range(2):
+        for j in range(3):
+            vec = patches[0, i * gw + j].reshape(P, P, C)
+            for p in range(P):
+                for q in range(P):
+                    for c in range(C):
+                        assert vec[p, q, c] == imgs[0, c, i * P + p, j * P + q]
+
+
+def test_patchify_matches_official_code_for_rgb():
+    imgs = torch.randn(2, 3, 32, 32)
+    p, h = 4, 8
+    x = imgs.reshape(2, 3, h, p, h, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    official = x.reshape(2, h * h, p**2 * 3)
+    assert torch.equal(patchify(imgs, 4), official)
+
+
+def test_grid_size_rejects_indivisible_sizes_with_the_values():
+    assert grid_size((32, 48), 16) == (2, 3)
+    with pytest.raises(ValueError, match=r"img_size=\(30, 32\) is not divisible by patch_size=4"):
+        grid_size((30, 32), 4)
+    with pytest.raises(ValueError, match="positive"):
+        grid_size((32, 32), 0)
+
+
+def test_unpatchify_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="do not match"):
+        unpatchify(torch.zeros(1, 4, 48), 4, (2, 3), 3)
+
+
+# ---------------------------------------------------------------------------- masking
+def official_random_masking(x, mask_ratio, noise):
+    """facebookresearch/mae models_mae.py random_masking, with the noise passed in."""
+    N, L, D = x.shape
+    len_keep = int(L * (1 - mask_ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
+    mask = torch.ones([N, L], device=x.device)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, dim=1, index=ids_restore)
+    return x_masked, mask, ids_restore
+
+
+@pytest.mark.parametrize("length,ratio", [(64, 0.75), (49, 0.75), (196, 0.75), (10, 0.5), (7, 0.9)])
+def test_random_masking_equals_official(length, ratio):
+    x = torch.randn(3, length, 8)
+    noise = torch.rand(3, length)
+    ours = random_masking(x, ratio, noise)
+    official = official_random_masking(x, ratio, noise)
+    for a, b in zip(ours, official, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_masking_keeps_int_of_l_times_one_minus_ratio():
+    for length, ratio, expected in [(196, 0.75, 49), (64, 0.75, 16), (49, 0.75, 12), (10, 0.33, 6)]:
+        assert num_kept(length, ratio) == expected
+        kept, mask, _ = random_masking(torch.randn(2, length, 4), ratio)
+        assert kept.shape == (2, expected, 4)
+        assert torch.equal(mask.sum(dim=1), torch.full((2,), float(length - expected)))
+
+
+def test_masking_differs_per_sample_and_keeps_smallest_noise():
+    torch.manual_seed(0)
+    x = torch.arange(16.0).reshape(1, 16, 1).expand(8, 16, 1).contiguous()
+    kept, mask, _ = random_masking(x, 0.75)
+    assert len({tuple(row.tolist()) for row in mask}) > 1, "every sample got the same mask"
+
+    noise = torch.rand(8, 16)
+    kept, mask, _ = random_masking(x, 0.75, noise)
+    smallest = torch.argsort(noise, dim=1)[:, :4]
+    assert torch.equal(kept[..., 0].long(), smallest)
+    assert torch.equal(mask, (noise > noise.sort(dim=1).values[:, 3:4]).float())
+
+
+def test_ids_restore_inverts_the_shuffle():
+    x = torch.randn(4, 20, 3)
+    noise = torch.rand(4, 20)
+    _, _, ids_restore = random_masking(x, 0.5, noise)
+    shuffled = torch.gather(x, 1, torch.argsort(noise, 1).unsqueeze(-1).expand(-1, -1, 3))
+    assert torch.equal(torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, 3)), x)
+
+
+def test_masking_rejects_noise_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"noise must have shape \(N, L\) = \(2, 8\)"):
+        random_masking(torch.randn(2, 8, 4), 0.5, torch.rand(2, 7))
+
+
+# ---------------------------------------------------------------------------- sin-cos tables
+def official_2d_sincos(embed_dim, grid_size_, cls_token=False):
+    """facebookresearch/mae util/pos_embed.py, verbatim in numpy (square grids only)."""
+
+    def one_d(dim, pos):
+        omega = np.arange(dim // 2, dtype=np.float64)
+        omega /= dim / 2.0
+        omega = 1.0 / 10000**omega
+        pos = pos.reshape(-1)
+        out = np.einsum("m,d->md", pos, omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid_h = np.arange(grid_size_, dtype=np.float32)
+    grid_w = np.arange(grid_size_, dtype=np.float32)
+    grid = np.meshgrid(grid_w, grid_h)
+    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size_, grid_size_])
+    emb = np.concatenate([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+    return emb
+
+
+@pytest.mark.parametrize("dim,grid", [(768, 14), (512, 14), (192, 8), (16, 3)])
+def test_sincos_table_equals_official(dim, grid):
+    ours = sincos_2d(dim, (grid, grid), cls_token=True)
+    reference = torch.from_numpy(official_2d_sincos(dim, grid, cls_token=True)).float()
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, reference)
+
+
+def test_sincos_non_square_first_half_encodes_column_second_half_row():
+    table = sincos_2d(8, (2, 3))
+    assert table.shape == (6, 8)
+    assert torch.equal(table[0], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
+    # token (row 1, col 2) is index 1*3 + 2: column part encodes 2, row part encodes 1
+    omega = torch.tensor([1.0, 0.01], dtype=torch.float64)
+    expected = torch.cat([torch.sin(2 * omega), torch.cos(2 * omega), torch.sin(1 * omega), torch.cos(1 * omega)])
+    assert torch.equal(table[5], expected.float())
+    # the same column in another row shares the first half exactly
+    assert torch.equal(table[2, :4], table[5, :4])
+
+
+def test_sincos_rejects_widths_not_divisible_by_four():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(6, (2, 2))

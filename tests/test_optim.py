@@ -1,0 +1,64 @@
+"""Weight-decay groups, the linear lr scaling rule and the warmup + cosine schedule."""
+
+import math
+
+import pytest
+
+from mae_lightning.models import MaskedAutoencoder
+from mae_lightning.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+
+
+def test_no_decay_on_biases_and_norms_decay_on_matrices_and_tokens():
+    model = MaskedAutoencoder(
+        img_size=8,
+        patch_size=4,
+        embed_dim=8,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    no_decay, decay = param_groups_weight_decay(model, 0.05)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert decay_names == {
+        "cls_token", "mask_token", "patch_embed.proj.weight", "decoder_embed.weight", "decoder_pred.weight",
+        "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight",
+        "decoder_blocks.0.attn.qkv.weight", "decoder_blocks.0.attn.proj.weight",
+        "decoder_blocks.0.mlp.fc1.weight", "decoder_blocks.0.mlp.fc2.weight",
+    }  # fmt: skip
+    assert all(n.endswith(".bias") or "norm" in n for n in no_decay_names)
+    assert "norm.weight" in no_decay_names and "blocks.0.norm1.weight" in no_decay_names
+    # the fixed sin-cos tables are not optimised at all
+    assert "pos_embed" not in no_decay_names | decay_names
+    assert "decoder_pos_embed" not in no_decay_names | decay_names
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert no_decay_names | decay_names == trainable
+
+
+def test_linear_scaling_rule():
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
+    assert scaled_lr(1.5e-4, 256) == pytest.approx(1.5e-4)
+    assert scaled_lr(1e-3, 64) == pytest.approx(2.5e-4)
+
+
+def test_warmup_then_cosine_to_min_lr():
+    args = dict(peak_lr=1.0, min_lr=0.1, warmup_epochs=10, epochs=110)
+    assert warmup_cosine_lr(0, **args) == 0.0
+    assert warmup_cosine_lr(2.5, **args) == pytest.approx(0.25)
+    assert warmup_cosine_lr(10, **args) == pytest.approx(1.0)
+    assert warmup_cosine_lr(60, **args) == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
+    assert warmup_cosine_lr(35, **args) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert warmup_cosine_lr(110, **args) == pytest.approx(0.1)
+    assert warmup_cosine_lr(200, **args) == pytest.approx(0.1)  # past the end it stays at min_lr
+    lrs = [warmup_cosine_lr(e / 10, **args) for e in range(1101)]
+    assert lrs.index(max(lrs)) == 100
+    assert all(a <= b for a, b in zip(lrs[:100], lrs[1:101]))
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+
+
+def test_no_warmup():
+    assert warmup_cosine_lr(0, peak_lr=2.0, min_lr=0.0, warmup_epochs=0, epochs=10) == pytest.approx(2.0)

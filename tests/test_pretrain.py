@@ -1,0 +1,129 @@
+"""The pretraining LightningModule under the real Trainer: lr scaling and schedule, logging, validation, resume."""
+
+import csv
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
+
+from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder
+from mae_lightning.optim import warmup_cosine_lr
+
+
+def small_model():
+    return MaskedAutoencoder(
+        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+        decoder_depth=1, decoder_num_heads=2,
+    )  # fmt: skip
+
+
+def digits(batch_size=16):
+    return DigitsDataModule(img_size=16, batch_size=batch_size, num_workers=0)
+
+
+def trainer(tmp_path, **kwargs):
+    defaults = dict(
+        accelerator="cpu", max_epochs=2, limit_train_batches=4, limit_val_batches=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    return Trainer(**{**defaults, **kwargs})
+
+
+class RecordLR(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_lr_is_scaled_by_effective_batch_and_follows_warmup_cosine_per_step(tmp_path):
+    torch.manual_seed(0)
+    module = MAEPretraining(small_model(), base_lr=1e-3, min_lr=1e-5, warmup_epochs=1)
+    record = RecordLR()
+    trainer(tmp_path, accumulate_grad_batches=2, callbacks=[record]).fit(module, digits(batch_size=16))
+    assert module.effective_batch_size == 16 * 1 * 2
+    peak = 1e-3 * 32 / 256
+    assert module.peak_lr == pytest.approx(peak)
+    # 4 batches per epoch, an optimizer step every 2: the lr is set at the start of batches 1 and 3
+    expected = [warmup_cosine_lr(e, peak, 1e-5, 1, 2) for e in (0.25, 0.75, 1.25, 1.75)]
+    assert record.lrs == pytest.approx(expected)
+    # every param group gets the same lr; weight decay stays per group
+    groups = module.trainer.optimizers[0].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.05]
+    assert groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_absolute_lr_overrides_scaling(tmp_path):
+    module = MAEPretraining(small_model(), lr=3e-3, warmup_epochs=0)
+    trainer(tmp_path, max_epochs=1).fit(module, digits())
+    assert module.peak_lr == 3e-3
+
+
+def test_logs_loss_lr_and_throughput(tmp_path):
+    module = MAEPretraining(small_model(), warmup_epochs=1)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer(tmp_path, logger=logger, log_every_n_steps=1).fit(module, digits())
+    rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))
+    columns = set(rows[0])
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "lr", "train/images_per_sec"} <= columns
+    rates = [float(r["train/images_per_sec"]) for r in rows if r["train/images_per_sec"]]
+    assert len(rates) >= 6 and all(rate > 0 for rate in rates)
+    lrs = [float(r["lr"]) for r in rows if r["lr"]]
+    assert lrs[0] == 0.0 and lrs[1] > 0  # warmup starts from zero
+
+
+def test_validation_loss_uses_the_same_masks_every_time(tmp_path):
+    torch.manual_seed(0)
+    module = MAEPretraining(small_model())
+    data = digits()
+    t = trainer(tmp_path)
+    first = t.validate(module, data, verbose=False)[0]["val/loss"]
+    second = t.validate(module, data, verbose=False)[0]["val/loss"]
+    assert first == second
+    module.val_mask_seed = 1
+    assert t.validate(module, data, verbose=False)[0]["val/loss"] != first
+
+
+def test_resuming_with_another_effective_batch_says_so(tmp_path):
+    module = MAEPretraining(small_model(), warmup_epochs=1)
+    checkpoint = tmp_path / "run.ckpt"
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(module, digits(batch_size=16))
+    t.save_checkpoint(checkpoint)
+
+    resumed = MAEPretraining(small_model(), warmup_epochs=1)
+    with pytest.warns(UserWarning, match=r"effective batch size 8, but the checkpoint was trained with 16"):
+        trainer(tmp_path, max_epochs=2).fit(resumed, digits(batch_size=8), ckpt_path=checkpoint)
+    assert resumed.peak_lr == pytest.approx(1.5e-4 * 8 / 256)
+
+
+def test_module_built_in_python_reloads_with_the_model_passed_again(tmp_path):
+    module = MAEPretraining(small_model(), mask_ratio=0.6, warmup_epochs=1)
+    assert "model" not in module.hparams and module.hparams["mask_ratio"] == 0.6
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(module, digits())
+    t.save_checkpoint(tmp_path / "run.ckpt")
+    loaded = MAEPretraining.load_from_checkpoint(tmp_path / "run.ckpt", model=small_model())
+    assert loaded.mask_ratio == 0.6
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def test_predict_returns_unmasked_embeddings_with_targets(tmp_path):
+    module = MAEPretraining(small_model())
+    batches = trainer(tmp_path, limit_predict_batches=2).predict(module, digits())
+    assert len(batches) == 2
+    assert batches[0]["cls"].shape == (16, 32) and batches[0]["mean"].shape == (16, 32)
+    assert batches[0]["target"].dtype == torch.int64
+
+
+def test_constructor_rejects_bad_settings():
+    with pytest.raises(ValueError, match="mask_ratio must be in the open interval"):
+        MAEPretraining(small_model(), mask_ratio=1.0)
+    with pytest.raises(ValueError, match="base_lr must be positive, got 0"):
+        MAEPretraining(small_model(), base_lr=0)
+    with pytest.raises(ValueError, match="lr must be positive, got -1"):
+        MAEPretraining(small_model(), lr=-1)
