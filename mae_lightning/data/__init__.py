@@ -1,0 +1,22 @@
+"""Data: DataModules (one per source) and the MAE transforms."""
+
+from mae_lightning.data.datamodule import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    MAEDataModule,
+    STL10DataModule,
+)
+from mae_lightning.data.datasets import Digits, FlatImageFolder
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "Digits",
+    "DigitsDataModule",
+    "FlatImageFolder",
+    "ImageFolderDataModule",
+    "MAEDataModule",
+    "STL10DataModule",
+]

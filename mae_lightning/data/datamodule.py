@@ -1,0 +1,242 @@
+"""LightningDataModules: one base that owns transforms and loaders, one small subclass per source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
+
+from mae_lightning.data.datasets import Digits, FlatImageFolder, is_image_file, load_image
+from mae_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
+
+
+class MAEDataModule(LightningDataModule):
+    """Base DataModule: MAE augmentation for training, resize + centre crop for evaluation.
+
+    ``img_size`` and ``in_chans`` are stated here once; the CLI links them into the model.
+    Batches are ``(images, targets)`` with images (N, in_chans, H, W); unlabelled data has target -1.
+    Subclasses implement :meth:`build_dataset`.
+
+    Args:
+        img_size: side of the (square) crop, or (height, width).
+        in_chans: channels the model expects; every image is converted to it.
+        batch_size: images per device and step.
+        num_workers: DataLoader worker processes per device.
+        pin_memory: page-locked host memory for faster copies to a GPU.
+        persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
+        crop_scale: area range of RandomResizedCrop; the paper uses (0.2, 1.0).
+        horizontal_flip: random horizontal flips in training.
+        eval_crop_ratio: evaluation resizes the shorter side to ``img_size / eval_crop_ratio``
+            and centre-crops (224/256 = 0.875 on ImageNet; 1.0 keeps the whole image).
+        mean: per-channel normalisation mean; defaults to the dataset's.
+        std: per-channel normalisation std; defaults to the dataset's.
+    """
+
+    default_mean: tuple[float, ...] = IMAGENET_MEAN
+    default_std: tuple[float, ...] = IMAGENET_STD
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        horizontal_flip: bool = True,
+        eval_crop_ratio: float = 0.875,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if min(self.img_size) <= 0:
+            raise ValueError(f"img_size must be positive, got {img_size}")
+        if not 0 < eval_crop_ratio <= 1:
+            raise ValueError(f"eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
+        self.in_chans = in_chans
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.mean = tuple(mean) if mean is not None else self._default_stats(self.default_mean, in_chans)
+        self.std = tuple(std) if std is not None else self._default_stats(self.default_std, in_chans)
+        if len(self.mean) != in_chans or len(self.std) != in_chans:
+            raise ValueError(f"mean and std need in_chans={in_chans} values, got mean={self.mean}, std={self.std}")
+        self.train_transform = pretrain_transform(
+            self.img_size, in_chans, self.mean, self.std, tuple(crop_scale), horizontal_flip
+        )
+        self.eval_transform = eval_transform(self.img_size, in_chans, self.mean, self.std, eval_crop_ratio)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @staticmethod
+    def _default_stats(stats: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+        # Grayscale takes the mean of the colour statistics; other counts repeat it per band.
+        if len(stats) == in_chans:
+            return tuple(stats)
+        return (sum(stats) / len(stats),) * in_chans
+
+    def build_dataset(self, split: str, transform: Callable) -> Dataset | None:
+        """The dataset of ``split`` ("train" or "val") with ``transform`` applied, or None if there is none."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self.build_dataset("train", self.train_transform)
+            if len(self.train_set) < self.batch_size:
+                raise ValueError(
+                    f"the training set has {len(self.train_set)} images, fewer than batch_size={self.batch_size}; "
+                    "every batch would be dropped"
+                )
+        if self.val_set is None:
+            self.val_set = self.build_dataset("val", self.eval_transform)
+
+    def _loader(self, dataset: Dataset | None, train: bool):
+        if dataset is None:
+            return []
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+
+class DigitsDataModule(MAEDataModule):
+    """scikit-learn's 8x8 handwritten digits, bundled offline (see :class:`Digits`); 1 channel by default."""
+
+    default_mean = (0.3052,)  # of the 1,500 training images, pixels scaled to 0..1
+    default_std = (0.3749,)
+
+    def __init__(self, img_size: int | tuple[int, int] = 32, in_chans: int = 1, **kwargs) -> None:
+        super().__init__(img_size=img_size, in_chans=in_chans, **kwargs)
+
+    def build_dataset(self, split: str, transform: Callable) -> Dataset:
+        return Digits(split, transform)
+
+
+class ImageFolderDataModule(MAEDataModule):
+    """Images on disk: ImageNet-style ``root/<split_dir>/<class>/*.jpg`` or a flat folder.
+
+    When ``root/<train_dir>`` exists it is the training set and ``root/<val_dir>`` (if present)
+    the validation set; each is read with class sub-folders as labels when it has them, and as
+    unlabelled images (target -1) otherwise. When ``root/<train_dir>`` does not exist, all of
+    ``root`` is the training set and there is no validation.
+
+    Args:
+        root: the dataset folder.
+        train_dir: training sub-folder.
+        val_dir: validation sub-folder ("val" for ImageNet, "test" for the CIFAR-10 JPEG folders).
+        **kwargs: the :class:`MAEDataModule` arguments.
+    """
+
+    def __init__(self, root: str | Path, train_dir: str = "train", val_dir: str = "val", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data root {str(self.root)!r} does not exist or is not a folder")
+        self.train_dir = train_dir
+        self.val_dir = val_dir
+
+    def build_dataset(self, split: str, transform: Callable) -> Dataset | None:
+        split_root = self.root / (self.train_dir if split == "train" else self.val_dir)
+        if not split_root.is_dir():
+            if split == "train":
+                return _folder_dataset(self.root, transform)
+            return None
+        return _folder_dataset(split_root, transform)
+
+
+def _folder_dataset(root: Path, transform: Callable) -> Dataset:
+    """Class sub-folders as labels (torchvision ImageFolder) when the folder has only sub-folders."""
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if entries and all(p.is_dir() for p in entries):
+        return datasets.ImageFolder(str(root), transform=transform, loader=load_image, is_valid_file=is_image_file)
+    return FlatImageFolder(root, transform)
+
+
+class _TorchvisionDataModule(MAEDataModule):
+    """Shared code of the torchvision datasets: ``root`` plus an explicit ``download`` switch."""
+
+    def __init__(
+        self, root: str | Path = "data", download: bool = False, eval_crop_ratio: float = 1.0, **kwargs
+    ) -> None:
+        super().__init__(eval_crop_ratio=eval_crop_ratio, **kwargs)
+        self.root = str(root)
+        self.download = download
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: downloads here, never in setup.
+        if self.download:
+            self._make(train=True, transform=None, download=True)
+            self._make(train=False, transform=None, download=True)
+
+    def build_dataset(self, split: str, transform: Callable) -> Dataset:
+        return self._make(train=split == "train", transform=transform, download=False)
+
+    def _make(self, train: bool, transform: Callable | None, download: bool) -> Dataset:
+        raise NotImplementedError
+
+
+class CIFAR10DataModule(_TorchvisionDataModule):
+    """CIFAR-10 (50k/10k 32x32 images) through torchvision; ``download: true`` fetches it once."""
+
+    default_mean = (0.4914, 0.4822, 0.4465)
+    default_std = (0.2470, 0.2435, 0.2616)
+    dataset_class = datasets.CIFAR10
+
+    def __init__(
+        self, root: str | Path = "data", download: bool = False, img_size: int | tuple[int, int] = 32, **kwargs
+    ) -> None:
+        super().__init__(root=root, download=download, img_size=img_size, **kwargs)
+
+    def _make(self, train: bool, transform: Callable | None, download: bool) -> Dataset:
+        return self.dataset_class(self.root, train=train, transform=transform, download=download)
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (50k/10k 32x32 images, 100 classes) through torchvision."""
+
+    default_mean = (0.5071, 0.4865, 0.4409)
+    default_std = (0.2673, 0.2564, 0.2762)
+    dataset_class = datasets.CIFAR100
+
+
+class STL10DataModule(_TorchvisionDataModule):
+    """STL-10 through torchvision: pretrains on ``train+unlabeled`` (105k 96x96 images), validates on ``test``."""
+
+    default_mean = (0.4467, 0.4398, 0.4066)
+    default_std = (0.2603, 0.2566, 0.2713)
+
+    def __init__(
+        self, root: str | Path = "data", download: bool = False, img_size: int | tuple[int, int] = 96, **kwargs
+    ) -> None:
+        super().__init__(root=root, download=download, img_size=img_size, **kwargs)
+
+    def _make(self, train: bool, transform: Callable | None, download: bool) -> Dataset:
+        split = "train+unlabeled" if train else "test"
+        return datasets.STL10(self.root, split=split, transform=transform, download=download)

@@ -1,0 +1,87 @@
+"""Shared fixtures: image folders written with PIL, and a small real CIFAR-10 subset from the shared archive."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# In CI the repository is a fresh clone with shared/ beside it; MAE_CIFAR10_JPEG overrides the location.
+DEFAULT_CIFAR10_JPEG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_TRAIN_PER_CLASS = 200
+CIFAR10_TEST_PER_CLASS = 50
+
+
+def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    """Write a random image of PIL ``mode`` and (width, height) ``size``; the suffix of ``path`` picks the format."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    else:
+        rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB")
+        img = rgb.quantize(16) if mode == "P" else rgb.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def make_image():
+    """:func:`write_image`, for tests that build their own folders."""
+    return write_image
+
+
+@pytest.fixture
+def imagenet_style_root(tmp_path: Path) -> Path:
+    """root/train/<class>/*.jpg (2 classes x 6 images) and root/val/<class>/*.png (2 classes x 2 images)."""
+    root = tmp_path / "imagenet_style"
+    for label, name in enumerate(("cat", "dog")):
+        for i in range(6):
+            write_image(root / "train" / name / f"{i}.jpg", seed=10 * label + i)
+        for i in range(2):
+            write_image(root / "val" / name / f"{i}.png", seed=100 + 10 * label + i)
+    return root
+
+
+def _cifar10_archive() -> Path:
+    return Path(os.environ.get("MAE_CIFAR10_JPEG") or DEFAULT_CIFAR10_JPEG)
+
+
+@pytest.fixture(scope="session")
+def cifar10_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A balanced real CIFAR-10 subset, root/train/<class>/*.jpg (200 per class) and root/test/<class>/*.jpg (50).
+
+    Streams the archive once and copies only the first images of each class; skips when the archive is absent.
+    """
+    archive = _cifar10_archive()
+    if not archive.is_file():
+        pytest.skip(f"CIFAR-10 JPEG archive not found at {archive} (set MAE_CIFAR10_JPEG to its path)")
+    quota = {"train": CIFAR10_TRAIN_PER_CLASS, "test": CIFAR10_TEST_PER_CLASS}
+    root = tmp_path_factory.mktemp("cifar10")
+    counts: Counter[tuple[str, str]] = Counter()
+    with tarfile.open(archive, "r|gz") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            # Members are [<top>/]<split>/<class>/<file>.jpg.
+            if not member.isfile() or len(parts) < 3 or parts[-3] not in quota or not parts[-1].endswith(".jpg"):
+                continue
+            split, label, name = parts[-3:]
+            if counts[split, label] >= quota[split]:
+                continue
+            counts[split, label] += 1
+            target = root / split / label / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    for split, per_class in quota.items():
+        for label in CIFAR10_CLASSES:
+            assert counts[split, label] == per_class, f"archive {archive} has too few {split}/{label} images"
+    return root

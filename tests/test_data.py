@@ -1,0 +1,273 @@
+"""The data layer: the bundled digits, the DataModules' batches and the MAE transforms, on real files on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from mae_lightning.data import Digits, DigitsDataModule, ImageFolderDataModule
+from mae_lightning.data.transforms import ToChannels, eval_transform, pretrain_transform
+
+LOADER = {"num_workers": 0, "pin_memory": False}
+
+
+def fit_module(cls, **kwargs):
+    dm = cls(**LOADER, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def all_batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    images, targets = zip(*loader, strict=True)
+    return torch.cat(images), torch.cat(targets)
+
+
+# ---------------------------------------------------------------- Digits
+@pytest.mark.parametrize(("split", "length"), [("train", 1500), ("val", 297)])
+def test_digits_are_8x8_grayscale_with_int_labels_0_to_9(split, length):
+    """The offline quickstart set has its documented size, image format and labels."""
+    ds = Digits(split)
+    assert len(ds) == length
+    img, target = ds[0]
+    assert isinstance(img, Image.Image) and img.mode == "L" and img.size == (8, 8)
+    assert all(type(t) is int for t in ds.targets)
+    assert set(ds.targets) == set(range(10))
+    # Pixels are stretched to the 8-bit range, not left at the raw 0..16.
+    assert max(np.asarray(ds[i][0]).max() for i in range(20)) > 200
+
+
+def test_digits_train_and_val_are_disjoint_parts_of_the_same_set():
+    """Validation images are the 297 images after the 1,500 training ones, not a copy of them."""
+    train, val = Digits("train"), Digits("val")
+    assert not np.array_equal(train.images[:297], val.images)
+
+
+def test_digits_rejects_an_unknown_split():
+    with pytest.raises(ValueError, match="'test'"):
+        Digits("test")
+
+
+# ---------------------------------------------------------------- DigitsDataModule
+def test_digits_batches_are_normalised_1x32x32_floats_with_targets():
+    """A training batch is (images, targets): (N, 1, 32, 32) floats with mean about 0, int labels."""
+    dm = fit_module(DigitsDataModule, batch_size=500)
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (500, 1, 32, 32) and images.dtype == torch.float32
+    assert abs(images.mean().item()) < 0.3
+    assert 0.6 < images.std().item() < 1.5
+    assert targets.shape == (500,) and targets.dtype == torch.int64
+    assert set(targets.tolist()) <= set(range(10))
+
+
+def test_digits_default_normalisation_is_the_training_images_statistics():
+    """Normalisation defaults to the real mean and std of the digits, so normalised images are centred."""
+    pixels = Digits("train").images / 255.0
+    dm = DigitsDataModule(**LOADER)
+    assert dm.mean == pytest.approx((pixels.mean(),), abs=1e-3)
+    assert dm.std == pytest.approx((pixels.std(),), abs=1e-3)
+
+
+def test_digits_in_chans_3_gives_three_channels():
+    dm = fit_module(DigitsDataModule, in_chans=3, batch_size=8)
+    images, _ = next(iter(dm.train_dataloader()))
+    assert images.shape == (8, 3, 32, 32)
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
+
+
+def test_non_square_img_size_gives_non_square_train_and_val_batches():
+    dm = fit_module(DigitsDataModule, img_size=(32, 48), batch_size=16)
+    assert next(iter(dm.train_dataloader()))[0].shape == (16, 1, 32, 48)
+    assert next(iter(dm.val_dataloader()))[0].shape == (16, 1, 32, 48)
+
+
+def test_train_loader_drops_the_last_partial_batch_and_shuffles():
+    """Every training batch is full (1500 // 64 of them) and the order differs from the dataset's."""
+    dm = fit_module(DigitsDataModule, batch_size=64)
+    loader = dm.train_dataloader()
+    assert len(loader) == 1500 // 64
+    _, targets = next(iter(loader))
+    assert targets.tolist() != Digits("train").targets[:64]
+    _, again = next(iter(loader))
+    assert not torch.equal(targets, again)
+
+
+def test_val_loader_keeps_every_image_in_order():
+    dm = fit_module(DigitsDataModule, batch_size=64)
+    images, targets = all_batches(dm.val_dataloader())
+    assert images.shape[0] == 297
+    assert targets.tolist() == Digits("val").targets
+
+
+# ---------------------------------------------------------------- ImageFolderDataModule
+def test_imagenet_style_folders_give_labels_from_class_folders(imagenet_style_root):
+    """train/<class>/*.jpg trains and val/<class>/*.png validates, labelled by sorted class folder."""
+    dm = fit_module(ImageFolderDataModule, root=imagenet_style_root, img_size=16, batch_size=4)
+    images, targets = all_batches(dm.train_dataloader())
+    assert images.shape == (12, 3, 16, 16)
+    assert sorted(targets.tolist()) == [0] * 6 + [1] * 6
+    images, targets = all_batches(dm.val_dataloader())
+    assert images.shape == (4, 3, 16, 16)
+    assert targets.tolist() == [0, 0, 1, 1]
+
+
+def test_flat_folder_trains_on_every_image_unlabelled_and_has_no_validation(tmp_path, make_image):
+    """A folder of images without train/ is all training data (target -1, nested files too); no val batches."""
+    make_image(tmp_path / "a.jpg")
+    make_image(tmp_path / "b.png")
+    make_image(tmp_path / "nested" / "c.jpeg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    dm = fit_module(ImageFolderDataModule, root=tmp_path, img_size=16, batch_size=3)
+    images, targets = all_batches(dm.train_dataloader())
+    assert images.shape == (3, 3, 16, 16)
+    assert targets.tolist() == [-1, -1, -1]
+    assert list(dm.val_dataloader()) == []
+
+
+def test_unlabelled_train_folder_beside_a_val_folder(tmp_path, make_image):
+    """root/train with loose images (no class folders) is read unlabelled; root/val still validates."""
+    for i in range(4):
+        make_image(tmp_path / "train" / f"{i}.jpg", seed=i)
+    make_image(tmp_path / "val" / "x" / "0.png")
+    dm = fit_module(ImageFolderDataModule, root=tmp_path, img_size=16, batch_size=2)
+    assert all_batches(dm.train_dataloader())[1].tolist() == [-1] * 4
+    assert all_batches(dm.val_dataloader())[1].tolist() == [0]
+
+
+def test_val_dir_picks_another_validation_folder(tmp_path, make_image):
+    """val_dir="test" validates on root/test (the CIFAR-10 JPEG layout); the default "val" would find nothing."""
+    for label in ("a", "b"):
+        for i in range(3):
+            make_image(tmp_path / "train" / label / f"{i}.jpg", seed=i)
+        make_image(tmp_path / "test" / label / "0.jpg")
+    dm = fit_module(ImageFolderDataModule, root=tmp_path, val_dir="test", img_size=16, batch_size=2)
+    assert all_batches(dm.val_dataloader())[1].tolist() == [0, 1]
+    default = fit_module(ImageFolderDataModule, root=tmp_path, img_size=16, batch_size=2)
+    assert list(default.val_dataloader()) == []
+
+
+def test_worker_processes_load_the_same_images(imagenet_style_root):
+    """Real runs read with DataLoader workers (persistent by default); they must give the main process's batches."""
+    kwargs = {"root": imagenet_style_root, "img_size": 16, "batch_size": 2, "pin_memory": False}
+    in_process = ImageFolderDataModule(num_workers=0, **kwargs)
+    in_workers = ImageFolderDataModule(num_workers=2, **kwargs)
+    for dm in (in_process, in_workers):
+        dm.setup("fit")
+    assert in_workers.val_dataloader().persistent_workers
+    expected, got = all_batches(in_process.val_dataloader()), all_batches(in_workers.val_dataloader())
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    assert all_batches(in_workers.train_dataloader())[0].shape == (12, 3, 16, 16)
+
+
+MIXED_MODES = {
+    "gray.png": "L",
+    "palette.png": "P",
+    "alpha.png": "RGBA",
+    "cmyk.jpg": "CMYK",
+    "sixteen.png": "I;16",
+    "anim.gif": "P",
+}
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_every_image_mode_on_disk_comes_out_with_in_chans_channels(tmp_path, make_image, in_chans):
+    """Grayscale, palette, RGBA, CMYK JPEG, 16-bit PNG and GIF files all batch together with in_chans channels."""
+    for i, (name, mode) in enumerate(MIXED_MODES.items()):
+        path = make_image(tmp_path / name, mode=mode, seed=i)
+        assert Image.open(path).mode == ("P" if name.endswith(".gif") else mode)
+    dm = fit_module(ImageFolderDataModule, root=tmp_path, in_chans=in_chans, img_size=16, batch_size=6)
+    images, _ = next(iter(dm.train_dataloader()))
+    assert images.shape == (6, in_chans, 16, 16)
+    assert torch.isfinite(images).all()
+
+
+def test_16_bit_png_keeps_its_contrast(tmp_path, make_image):
+    """A 16-bit grayscale PNG is scaled to 8 bits, not clipped at 255 (which would turn it all white)."""
+    make_image(tmp_path / "train" / "0.png")
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    (tmp_path / "val").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "val" / "ramp.png")
+    dm = ImageFolderDataModule(tmp_path, **LOADER, img_size=32, in_chans=1, batch_size=1, eval_crop_ratio=1.0)
+    dm.setup("validate")
+    img = next(iter(dm.val_dataloader()))[0][0, 0] * dm.std[0] + dm.mean[0]
+    assert img[:, :8].mean() < 0.2
+    assert img[:, -8:].mean() > 0.8
+
+
+def test_missing_root_raises_file_not_found_naming_the_path(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        ImageFolderDataModule(missing, **LOADER)
+
+
+def test_folder_without_images_raises_file_not_found(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    dm = ImageFolderDataModule(tmp_path, **LOADER)
+    with pytest.raises(FileNotFoundError):
+        dm.setup("fit")
+
+
+def test_empty_folder_raises_file_not_found(tmp_path):
+    dm = ImageFolderDataModule(tmp_path, **LOADER)
+    with pytest.raises(FileNotFoundError):
+        dm.setup("fit")
+
+
+def test_batch_size_larger_than_the_training_set_is_rejected(imagenet_style_root):
+    """Training would otherwise drop every batch and run zero steps."""
+    dm = ImageFolderDataModule(imagenet_style_root, **LOADER, batch_size=13)
+    with pytest.raises(ValueError, match="batch_size=13"):
+        dm.setup("fit")
+    fit_module(ImageFolderDataModule, root=imagenet_style_root, batch_size=12)
+
+
+def test_batch_size_zero_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        ImageFolderDataModule(tmp_path, **LOADER, batch_size=0)
+
+
+# ---------------------------------------------------------------- transforms
+@pytest.mark.parametrize(("size", "image_size"), [((32, 32), (8, 8)), ((32, 48), (100, 60)), ((224, 160), (50, 300))])
+def test_pretrain_transform_gives_exactly_the_requested_height_and_width(size, image_size):
+    transform = pretrain_transform(size, 3, (0.5,) * 3, (0.25,) * 3)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        assert transform(Image.new("RGB", image_size)).shape == (3, *size)
+
+
+def test_eval_transform_resizes_then_centre_crops_like_the_paper():
+    """crop_ratio 0.875 to 224 is Resize(256) + CenterCrop(224), bicubic, as in the official evaluation."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    got = eval_transform((224, 224), 3, (0.0,) * 3, (1.0,) * 3, crop_ratio=0.875)(img)
+    by_hand = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor()])(
+        img
+    )
+    assert torch.equal(got, by_hand)
+
+
+def test_eval_transform_normalises_with_the_given_statistics():
+    img = Image.new("RGB", (32, 32), (255, 0, 128))
+    out = eval_transform((32, 32), 3, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5), crop_ratio=1.0)(img)
+    assert torch.allclose(out[:, 0, 0], torch.tensor([1.0, -2.0, 128 / 255 * 2 - 1]), atol=1e-5)
+
+
+def test_eval_transform_to_a_non_square_size_does_not_pad():
+    """A non-square eval crop is cut from the image, never filled with black borders."""
+    white = Image.new("RGB", (40, 40), (255, 255, 255))
+    out = eval_transform((32, 48), 3, (0.0,) * 3, (1.0,) * 3, crop_ratio=1.0)(white)
+    assert out.shape == (3, 32, 48)
+    assert out.min() > 0.99
+
+
+def test_to_channels_rejects_two_channels_naming_the_value():
+    with pytest.raises(ValueError, match="in_chans=2"):
+        ToChannels(2)
+
+
+@pytest.mark.parametrize(("in_chans", "mode"), [(1, "L"), (3, "RGB"), (4, "RGBA")])
+def test_to_channels_converts_any_mode(in_chans, mode):
+    for source in ("L", "P", "RGB", "RGBA", "CMYK"):
+        assert ToChannels(in_chans)(Image.new(source, (4, 4))).mode == mode
