@@ -43,9 +43,28 @@ class LoggedConfigCallback(SaveConfigCallback):
 class MAECLI(LightningCLI):
     """LightningCLI for mae_lightning; ``img_size`` and ``in_chans`` are set in ``data`` only."""
 
+    # The image geometry, stated in `data` and linked into the model.
+    linked_geometry = ("img_size", "in_chans")
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.init_args.img_size", "model.init_args.model.init_args.img_size")
-        parser.link_arguments("data.init_args.in_chans", "model.init_args.model.init_args.in_chans")
+        for name in self.linked_geometry:
+            parser.link_arguments(f"data.init_args.{name}", f"model.init_args.model.init_args.{name}")
+
+    def _dump_config(self) -> None:
+        # Lightning takes the module's hyperparameters, which a checkpoint is rebuilt from, from this
+        # dump. jsonargparse leaves out the link targets nested in the model's own subclass, so
+        # without this a checkpoint would rebuild the model at 224x224 RGB, not at the linked size.
+        if hasattr(self, "config_dump"):
+            return
+        super()._dump_config()
+        config = self.config.get(str(self.subcommand), self.config)
+        model = self.config_dump.get("model", {}).get("init_args", {}).get("model")
+        if not isinstance(model, dict) or "class_path" not in model:
+            return
+        linked = config.model.init_args.model.init_args
+        for name in self.linked_geometry:
+            value = linked.get(name)
+            model.setdefault("init_args", {})[name] = list(value) if isinstance(value, tuple) else value
 
     def before_instantiate_classes(self) -> None:
         check_wandb_can_start(self.config.get(str(self.subcommand), self.config))

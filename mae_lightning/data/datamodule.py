@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
@@ -109,7 +110,8 @@ class MAEDataModule(LightningDataModule):
             shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # Pinned memory only speeds up copies to an accelerator; on a CPU-only machine it just warns.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
         )
 
