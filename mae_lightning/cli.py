@@ -31,11 +31,15 @@ class ConfigError(Exception):
     """A setting was rejected by the constructor that received it."""
 
 
+class WandbNotReadyError(ConfigError):
+    """An online W&B run was asked for without the API key it needs to start."""
+
+
 class LoggedConfigCallback(SaveConfigCallback):
     """Save ``config.yaml`` in the run directory and send the same resolved config to the logger."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config = yaml.safe_load(self.parser.dump(self.config))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
 
@@ -49,22 +53,6 @@ class MAECLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for name in self.linked_geometry:
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.model.init_args.{name}")
-
-    def _dump_config(self) -> None:
-        # Lightning takes the module's hyperparameters, which a checkpoint is rebuilt from, from this
-        # dump. jsonargparse leaves out the link targets nested in the model's own subclass, so
-        # without this a checkpoint would rebuild the model at 224x224 RGB, not at the linked size.
-        if hasattr(self, "config_dump"):
-            return
-        super()._dump_config()
-        config = self.config.get(str(self.subcommand), self.config)
-        model = self.config_dump.get("model", {}).get("init_args", {}).get("model")
-        if not isinstance(model, dict) or "class_path" not in model:
-            return
-        linked = config.model.init_args.model.init_args
-        for name in self.linked_geometry:
-            value = linked.get(name)
-            model.setdefault("init_args", {})[name] = list(value) if isinstance(value, tuple) else value
 
     def before_instantiate_classes(self) -> None:
         check_wandb_can_start(self.config.get(str(self.subcommand), self.config))
@@ -93,8 +81,8 @@ def check_wandb_can_start(config) -> None:
             continue
         offline = bool(logger.init_args.get("offline")) or os.environ.get("WANDB_MODE") in ("offline", "disabled")
         if not offline and not _wandb_api_key_available():
-            raise SystemExit(
-                "mae_lightning: error: the W&B logger is online but no W&B API key was found: run `wandb login`, "
+            raise WandbNotReadyError(
+                "the W&B logger is online but no W&B API key was found: run `wandb login`, "
                 "set WANDB_API_KEY, or log offline with `--trainer.logger.init_args.offline true` "
                 "(or WANDB_MODE=offline) and `wandb sync` later"
             )
@@ -113,15 +101,15 @@ def _wandb_api_key_available() -> bool:
 
 
 def one_line_error(message: str) -> str:
-    """Condense jsonargparse's nested report to the parts that name the setting and the problem."""
-    key = re.search(r'Parser key "([^"]+)"', message)
+    """Condense jsonargparse's nested report to the setting's path and what is wrong with it."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
     details: list[str] = []
-    for line in message.splitlines()[1:] if key else message.splitlines():
+    for line in message.splitlines():
         line = line.strip().lstrip("- ").strip()
-        if line and not line.startswith(_NOISE) and line not in details:
+        if line and "Parser key" not in line and not line.startswith(_NOISE) and line not in details:
             details.append(line)
     text = "; ".join(details) or message.strip()
-    return f"{key.group(1)}: {text}" if key else text
+    return f"{'.'.join(keys)}: {text}" if keys else text
 
 
 def main(args: list[str] | None = None) -> MAECLI:
@@ -135,7 +123,7 @@ def main(args: list[str] | None = None) -> MAECLI:
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "prog": "python -m mae_lightning"},
             args=args,
         )
     except (ArgumentError, ConfigError) as err:

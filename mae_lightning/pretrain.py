@@ -59,6 +59,13 @@ class MAEPretraining(LightningModule):
         # init_args), so a checkpoint rebuilds the whole module alone. A module built in Python
         # keeps the other arguments; pass `model=` again to `load_from_checkpoint`.
         self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["model"])
+        # The CLI links img_size and in_chans from `data` and leaves link targets out of the saved
+        # config: record the geometry of the model actually built, or a reload would be 224px RGB
+        # (`hparams` goes into checkpoints, `_hparams_initial` to the loggers).
+        for hparams in (self.hparams, self._hparams_initial):
+            if isinstance(hparams.get("model"), dict):
+                geometry = {"img_size": list(model.img_size), "in_chans": model.in_chans}
+                hparams["model"].setdefault("init_args", {}).update(geometry)
         self.model = model
         self.mask_ratio = mask_ratio
         self.base_lr = base_lr

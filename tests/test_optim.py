@@ -56,8 +56,8 @@ def test_warmup_then_cosine_to_min_lr():
     assert warmup_cosine_lr(200, **args) == pytest.approx(0.1)  # past the end it stays at min_lr
     lrs = [warmup_cosine_lr(e / 10, **args) for e in range(1101)]
     assert lrs.index(max(lrs)) == 100
-    assert all(a <= b for a, b in zip(lrs[:100], lrs[1:101]))
-    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+    assert all(a <= b for a, b in zip(lrs[:100], lrs[1:101], strict=True))
+    assert all(a >= b for a, b in zip(lrs[100:-1], lrs[101:], strict=True))
 
 
 def test_no_warmup():

@@ -66,7 +66,8 @@ def test_logs_loss_lr_and_throughput(tmp_path):
     module = MAEPretraining(small_model(), warmup_epochs=1)
     logger = CSVLogger(tmp_path, name="run")
     trainer(tmp_path, logger=logger, log_every_n_steps=1).fit(module, digits())
-    rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))
+    with open(logger.log_dir + "/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     columns = set(rows[0])
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "lr", "train/images_per_sec"} <= columns
     rates = [float(r["train/images_per_sec"]) for r in rows if r["train/images_per_sec"]]

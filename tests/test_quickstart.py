@@ -16,7 +16,8 @@ def test_quickstart_runs_to_the_end_and_the_loss_falls(tmp_path, monkeypatch):
     cli = main(["fit", "--config", str(CONFIG), "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.current_epoch == cli.trainer.max_epochs
 
-    rows = list(csv.DictReader(open(Path(cli.trainer.logger.log_dir) / "metrics.csv")))
+    with open(Path(cli.trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     train = [float(r["train/loss_step"]) for r in rows if r["train/loss_step"]]
     val = [float(r["val/loss"]) for r in rows if r["val/loss"]]
     # The promise in the README: the last logged train/loss is at most 70% of the first.

@@ -1,0 +1,179 @@
+"""The W&B logger fragment, with the real wandb client: an offline run's records, and the online preflight.
+
+No network is used: the offline run writes a ``.wandb`` file that is decoded here, and the online
+run without an API key must stop before wandb is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wandb
+from wandb.proto import wandb_internal_pb2
+
+from mae_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+WANDB_CONFIG = str(REPO / "configs" / "logger" / "wandb.yaml")
+
+FAST = [
+    "--data.init_args.num_workers",
+    "0",
+    "--data.init_args.batch_size",
+    "16",
+    "--data.init_args.img_size",
+    "16",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
+
+
+def wandb_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
+    """The records of a ``run-*.wandb`` file.
+
+    wandb >= 0.19 writes it from its Go core and no longer ships the Python reader
+    (``wandb.sdk.internal.datastore``), so this reads the format directly: a 7-byte header
+    (":W&B", magic 0xBEE1, version 0), then LevelDB-log blocks of 32 KiB, each record cut in
+    chunks with a 7-byte header (CRC-32 of type + data, length, type: full/first/middle/last).
+    """
+    block, chunk_header = 32768, 7
+    data = path.read_bytes()
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a W&B datastore file"
+    pos, pending = 7, b""
+    while len(data) - pos >= chunk_header:
+        left_in_block = block - pos % block
+        if left_in_block < chunk_header:  # the tail of a block is padding
+            pos += left_in_block
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[pos : pos + chunk_header])
+        if kind == 0:  # zero fill after the last record
+            break
+        chunk = data[pos + chunk_header : pos + chunk_header + length]
+        assert len(chunk) == length, f"truncated record at byte {pos}"
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == checksum, f"bad checksum at byte {pos}"
+        pos += chunk_header + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        else:  # middle, last
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+@pytest.fixture
+def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """wandb's folders, config and HOME (no ~/.netrc, so no API key) all under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        path = tmp_path / name.lower()
+        path.mkdir()
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_X_DISABLE_STATS", "true")  # no system-metrics sampler on a 2-core machine
+    return tmp_path
+
+
+def test_offline_run_records_metrics_and_the_resolved_config(wandb_home: Path):
+    save_dir = wandb_home / "logs"
+    argv = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        WANDB_CONFIG,
+        "--trainer.logger.init_args.offline",
+        "true",
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        *FAST,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
+    try:
+        cli = main(argv)
+        assert cli.trainer.state.finished
+    finally:
+        wandb.finish()  # a script does this at exit; the records are complete after it
+        wandb.teardown()
+
+    runs = list((save_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(save_dir.rglob("*"))
+    files = list(runs[0].glob("run-*.wandb"))
+    assert len(files) == 1
+    records = list(wandb_records(files[0]))
+
+    history_keys = {_key(item) for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item}
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "lr", "train/images_per_sec"} <= history_keys
+
+    config = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            config.update({_key(item): json.loads(item.value_json) for item in record.config.update})
+    resolved = config["config"]  # the whole resolved config, as saved in config.yaml
+    assert resolved["model"]["class_path"] == "mae_lightning.MAEPretraining"
+    assert resolved["model"]["init_args"]["model"]["class_path"] == "mae_lightning.MaskedAutoencoder"
+    assert resolved["data"]["class_path"] == "mae_lightning.DigitsDataModule"
+    assert resolved["data"]["init_args"]["img_size"] == 16
+    assert resolved["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+    assert resolved["trainer"]["logger"]["init_args"]["offline"] is True
+    # The module's own hyperparameters, with the geometry linked from the data.
+    assert config["mask_ratio"] == 0.75
+    assert config["model"]["init_args"]["img_size"] == [16, 16]
+    assert config["model"]["init_args"]["in_chans"] == 1
+
+
+def test_online_run_without_api_key_stops_at_once_with_the_offline_fix(tmp_path: Path):
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WANDB_")}
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_SILENT="true")
+    save_dir = tmp_path / "logs"
+    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, "--trainer.logger.init_args.save_dir"]
+    # In a subprocess with a timeout: a regression would hang at a login prompt or in network retries.
+    result = subprocess.run(
+        [sys.executable, "-m", "mae_lightning", *argv, str(save_dir), *FAST],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, result.stdout
+    last = lines[-1]
+    assert last.startswith("mae_lightning: error:"), result.stderr
+    assert "API key" in last
+    assert "--trainer.logger.init_args.offline true" in last
+    assert "WANDB_MODE=offline" in last
+    assert "Traceback" not in result.stderr
+    assert not (save_dir / "wandb").exists()  # wandb was never started
