@@ -61,10 +61,13 @@ class MAECLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, FileNotFoundError) as err:
-            # jsonargparse wraps the constructor's own error; that innermost one names the setting.
-            while err.__cause__ is not None:
-                err = err.__cause__
-            raise ConfigError(str(err)) from None
+            # jsonargparse wraps the constructor's own error, which names the setting: deepest in the
+            # chain of causes, or (older jsonargparse) among the union alternatives in the message.
+            chain = [err]
+            while chain[-1].__cause__ is not None:
+                chain.append(chain[-1].__cause__)
+            messages = (one_line_error(str(e)) for e in reversed(chain))
+            raise ConfigError(next((m for m in messages if m), str(err))) from None
 
 
 def check_wandb_can_start(config) -> None:
@@ -101,14 +104,16 @@ def _wandb_api_key_available() -> bool:
 
 
 def one_line_error(message: str) -> str:
-    """Condense jsonargparse's nested report to the setting's path and what is wrong with it."""
+    """Condense jsonargparse's nested report to the setting's path and what is wrong with it ("" if nothing is left)."""
     keys = re.findall(r'Parser key "([^"]+)"', message)
     details: list[str] = []
     for line in message.splitlines():
         line = line.strip().lstrip("- ").strip()
         if line and "Parser key" not in line and not line.startswith(_NOISE) and line not in details:
             details.append(line)
-    text = "; ".join(details) or message.strip()
+    if not details:
+        return ""
+    text = "; ".join(details)
     return f"{'.'.join(keys)}: {text}" if keys else text
 
 
@@ -127,5 +132,5 @@ def main(args: list[str] | None = None) -> MAECLI:
             args=args,
         )
     except (ArgumentError, ConfigError) as err:
-        print(f"mae_lightning: error: {one_line_error(str(err))}", file=sys.stderr)
+        print(f"mae_lightning: error: {one_line_error(str(err)) or str(err).strip()}", file=sys.stderr)
         raise SystemExit(2) from None
