@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -20,7 +22,11 @@ class RNGStateCheckpoint(Callback):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng_states": _collect_rng_states(include_cuda=True)}
+        states = _collect_rng_states(include_cuda=True)
+        # As tensors and plain tuples, so the checkpoint loads with `weights_only=True` (Lightning's default).
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        states["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
+        return {"rng_states": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._to_restore = state_dict.get("rng_states")
@@ -34,14 +40,12 @@ class RNGStateCheckpoint(Callback):
         self._to_restore = None
         if "torch.cuda" in states and len(states["torch.cuda"]) != _cuda_device_count():
             states = {key: value for key, value in states.items() if key != "torch.cuda"}
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        states = {**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)}
         _set_rng_states(states)
         if trainer.global_rank != 0:
-            import torch
-
             torch.manual_seed(int(torch.randint(2**62, ())) + trainer.global_rank)
 
 
 def _cuda_device_count() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
