@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mae_lightning.callbacks import (
     CheckpointOnPreemption,
     KeepWandbRunId,
+    LogSkippedImages,
     NonFiniteLossError,
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
@@ -195,9 +196,16 @@ def main(args: list[str] | None = None) -> MAECLI:
             subclass_mode_data=True,
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
-            # Always on: exact resume (random state, W&B run), a checkpoint on SIGTERM, a stop on a NaN loss.
+            # Always on: exact resume (random state, W&B run), a checkpoint on SIGTERM, a stop on a NaN loss,
+            # the count of skipped image files.
             trainer_defaults={
-                "callbacks": [RNGStateCheckpoint(), KeepWandbRunId(), CheckpointOnPreemption(), StopOnNonFiniteLoss()]
+                "callbacks": [
+                    RNGStateCheckpoint(),
+                    KeepWandbRunId(),
+                    CheckpointOnPreemption(),
+                    StopOnNonFiniteLoss(),
+                    LogSkippedImages(),
+                ]
             },
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False, "prog": "python -m mae_lightning"},
