@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,7 @@ def logged_steps(metrics: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss_step")]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_exits_cleanly_and_the_next_start_loses_no_step(tmp_path: Path):
     metrics = tmp_path / "logs" / "first" / "version_0" / "metrics.csv"
     process = subprocess.Popen(

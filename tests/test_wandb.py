@@ -213,6 +213,7 @@ def test_without_network_online_wandb_fails_at_once_with_the_offline_fix(tmp_pat
     assert "--trainer.logger.init_args.offline true" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_run(tmp_path: Path):
     checkpoint = (
         '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
