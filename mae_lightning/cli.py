@@ -10,11 +10,26 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 
+import torch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mae_lightning.callbacks import (
+    CheckpointOnPreemption,
+    KeepWandbRunId,
+    LogSkippedImages,
+    NonFiniteLossError,
+    RNGStateCheckpoint,
+    StopOnNonFiniteLoss,
+)
+from mae_lightning.callbacks.wandb_resume import run_id_in_checkpoint
+from mae_lightning.checkpoint_io import AtomicCheckpointIO
 
 # Lines of jsonargparse's nested union report that say nothing to a user.
 _NOISE = (
@@ -55,7 +70,18 @@ class MAECLI(LightningCLI):
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.model.init_args.{name}")
 
     def before_instantiate_classes(self) -> None:
-        check_wandb_can_start(self.config.get(str(self.subcommand), self.config))
+        config = self.config.get(str(self.subcommand), self.config)
+        check_wandb_can_start(config)
+        checkpoint = resolve_ckpt_path(config)
+        if checkpoint is not None:
+            continue_wandb_run(config, checkpoint)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default stages a checkpoint in the system temp folder (see checkpoint_io.py).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def instantiate_classes(self) -> None:
         try:
@@ -89,6 +115,54 @@ def check_wandb_can_start(config) -> None:
                 "set WANDB_API_KEY, or log offline with `--trainer.logger.init_args.offline true` "
                 "(or WANDB_MODE=offline) and `wandb sync` later"
             )
+
+
+def resolve_ckpt_path(config) -> Path | None:
+    """The checkpoint file ``ckpt_path`` names, checked before anything is built or loaded.
+
+    ``last`` is the ``last.ckpt`` in a configured ``ModelCheckpoint`` dirpath (None when there is none
+    yet: a first start with ``--ckpt_path last`` trains from scratch, as Lightning does).
+
+    Raises:
+        ConfigError: an explicit ``ckpt_path`` that is not an existing file.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or "://" in str(ckpt_path):
+        return None
+    if ckpt_path == "last":
+        callbacks = config.get("trainer", {}).get("callbacks") or []
+        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+            dirpath = getattr(callback, "init_args", {}).get("dirpath") if hasattr(callback, "init_args") else None
+            if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and dirpath:
+                last = Path(dirpath) / "last.ckpt"
+                if last.is_file():
+                    return last
+        return None
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path: checkpoint {str(path)!r} does not exist; give an existing .ckpt file, `last` "
+            "(the last.ckpt in the ModelCheckpoint's dirpath), `best`, or leave it unset to start a new run"
+        )
+    return path
+
+
+def continue_wandb_run(config, checkpoint: Path) -> None:
+    """Give a W&B logger without an ``id`` the run id stored in ``checkpoint``, to continue that run."""
+    loggers = config.get("trainer", {}).get("logger")
+    wandb_loggers = [
+        logger
+        for logger in (loggers if isinstance(loggers, list) else [loggers])
+        if str(getattr(logger, "class_path", "")).endswith("WandbLogger") and not logger.init_args.get("id")
+    ]
+    if not wandb_loggers:
+        return
+    # mmap: only the few bytes of the callback states are read, not the weights.
+    run_id = run_id_in_checkpoint(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False))
+    if run_id:
+        for logger in wandb_loggers:
+            logger.init_args["id"] = run_id
+            logger.init_args["resume"] = "allow"
 
 
 def _wandb_api_key_available() -> bool:
@@ -127,6 +201,17 @@ def main(args: list[str] | None = None) -> MAECLI:
             subclass_mode_data=True,
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
+            # Always on: exact resume (random state, W&B run), a checkpoint on SIGTERM, a stop on a NaN loss,
+            # the count of skipped image files.
+            trainer_defaults={
+                "callbacks": [
+                    RNGStateCheckpoint(),
+                    KeepWandbRunId(),
+                    CheckpointOnPreemption(),
+                    StopOnNonFiniteLoss(),
+                    LogSkippedImages(),
+                ]
+            },
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False, "prog": "python -m mae_lightning"},
             args=args,
@@ -134,3 +219,10 @@ def main(args: list[str] | None = None) -> MAECLI:
     except (ArgumentError, ConfigError) as err:
         print(f"mae_lightning: error: {one_line_error(str(err)) or str(err).strip()}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"mae_lightning: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except SIGTERMException:
+        # The checkpoint is written (CheckpointOnPreemption); 128 + SIGTERM tells a scheduler the run did not finish.
+        print("mae_lightning: stopped by SIGTERM; resume with `--ckpt_path last`", file=sys.stderr)
+        raise SystemExit(143) from None

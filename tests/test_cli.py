@@ -425,6 +425,16 @@ CONFIG_ERRORS = [
         ["in_chans=2"],
     ),
     ("unknown data class", lambda tmp: ["--data", "mae_lightning.NoSuchDataModule"], ["NoSuchDataModule"]),
+    (
+        "ckpt_path that does not exist",
+        lambda tmp: ["--ckpt_path", str(tmp / "missing.ckpt")],
+        ["ckpt_path", "missing.ckpt", "does not exist", "`last`"],
+    ),
+    (
+        "max_bad_image_fraction above 1",
+        lambda tmp: ["--data.init_args.max_bad_image_fraction", "1.5"],
+        ["max_bad_image_fraction", "[0, 1]", "1.5"],
+    ),
 ]
 
 

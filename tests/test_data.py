@@ -84,14 +84,17 @@ def test_non_square_img_size_gives_non_square_train_and_val_batches():
 
 
 def test_train_loader_drops_the_last_partial_batch_and_shuffles():
-    """Every training batch is full (1500 // 64 of them) and the order differs from the dataset's."""
+    """Every training batch is full (1500 // 64 of them); the order differs from the dataset's and between epochs."""
     dm = fit_module(DigitsDataModule, batch_size=64)
     loader = dm.train_dataloader()
     assert len(loader) == 1500 // 64
     _, targets = next(iter(loader))
     assert targets.tolist() != Digits("train").targets[:64]
-    _, again = next(iter(loader))
-    assert not torch.equal(targets, again)
+    _, same_epoch = next(iter(loader))
+    assert torch.equal(targets, same_epoch)  # the order is a function of (seed, epoch), so a resume can replay it
+    loader.sampler.set_epoch(1)  # as the Trainer does at every epoch
+    _, next_epoch = next(iter(loader))
+    assert not torch.equal(targets, next_epoch)
 
 
 def test_val_loader_keeps_every_image_in_order():

@@ -177,3 +177,74 @@ def test_online_run_without_api_key_stops_at_once_with_the_offline_fix(tmp_path:
     assert "WANDB_MODE=offline" in last
     assert "Traceback" not in result.stderr
     assert not (save_dir / "wandb").exists()  # wandb was never started
+
+
+def _without_network() -> list[str]:
+    """A command prefix that runs a process with no network at all (a fresh network namespace), if allowed here."""
+    try:
+        if subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0:
+            return ["unshare", "-n"]
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        pass
+    pytest.skip("cannot start a process without network here (`unshare -n` needs root or user namespaces)")
+
+
+def _isolated_env(tmp_path: Path) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WANDB_")}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    # An unroutable server as well: were the namespace ever bypassed, a connection attempt would still hang.
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_BASE_URL="http://10.255.255.1")
+    env.update(WANDB_SILENT="true", WANDB_X_DISABLE_STATS="true")
+    return env
+
+
+def test_without_network_online_wandb_fails_at_once_with_the_offline_fix(tmp_path: Path):
+    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, *FAST]
+    result = subprocess.run(
+        [*_without_network(), sys.executable, "-m", "mae_lightning", *argv],
+        cwd=tmp_path,
+        env=_isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang (login prompt, network retries) fails here instead of passing late
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--trainer.logger.init_args.offline true" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_run(tmp_path: Path):
+    checkpoint = (
+        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
+        f'{{"dirpath": "{tmp_path / "ckpt"}", "save_last": true}}}}]'
+    )
+    argv = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        WANDB_CONFIG,
+        "--trainer.logger.init_args.offline=true",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        *FAST,
+        "--model.init_args.model.init_args.depth=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        f"--trainer.callbacks={checkpoint}",
+    ]
+    runs = []
+    for extra in (["--trainer.max_epochs=1"], ["--trainer.max_epochs=2", "--ckpt_path=last"]):
+        result = subprocess.run(
+            [*_without_network(), sys.executable, "-m", "mae_lightning", *argv, *extra],
+            cwd=tmp_path,
+            env=_isolated_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        runs.append(sorted(p.name for p in (tmp_path / "logs" / "wandb").glob("offline-run-*")))
+    assert len(runs[0]) == 1 and len(runs[1]) == 2
+    run_ids = {name.rsplit("-", 1)[1] for name in runs[1]}
+    assert len(run_ids) == 1, runs  # the resumed run continues the W&B run of the first one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
-from mae_lightning.data.datasets import Digits, FlatImageFolder, is_image_file, load_image
+from mae_lightning.data.datasets import Digits, FlatImageFolder, SkipUnreadable, is_image_file, load_image
+from mae_lightning.data.resumable import PerSampleSeeds, ResumableDataLoader, ResumableSampler
 from mae_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
 
 
@@ -34,6 +36,10 @@ class MAEDataModule(LightningDataModule):
             and centre-crops (224/256 = 0.875 on ImageNet; 1.0 keeps the whole image).
         mean: per-channel normalisation mean; defaults to the dataset's.
         std: per-channel normalisation std; defaults to the dataset's.
+        seed: seed of the data order and the augmentations; defaults to ``seed_everything``'s (or 0).
+            Stored in checkpoints, so a resumed run reads the same images in the same order.
+        max_bad_image_fraction: share of unreadable image files (empty, truncated, not images)
+            that are skipped with a warning; past it the run stops. In [0, 1].
     """
 
     default_mean: tuple[float, ...] = IMAGENET_MEAN
@@ -52,6 +58,8 @@ class MAEDataModule(LightningDataModule):
         eval_crop_ratio: float = 0.875,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        seed: int | None = None,
+        max_bad_image_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -63,6 +71,11 @@ class MAEDataModule(LightningDataModule):
             raise ValueError(f"img_size must be positive, got {img_size}")
         if not 0 < eval_crop_ratio <= 1:
             raise ValueError(f"eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
+        if not 0 <= max_bad_image_fraction <= 1:
+            raise ValueError(f"max_bad_image_fraction must be in [0, 1], got {max_bad_image_fraction}")
+        self.seed = seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.max_bad_image_fraction = max_bad_image_fraction
+        self._resume_state: dict[str, int] | None = None
         self.in_chans = in_chans
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -113,10 +126,53 @@ class MAEDataModule(LightningDataModule):
             # Pinned memory only speeds up copies to an accelerator; on a CPU-only machine it just warns.
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
+            # Workers' base seeds from the loader's own generator: the global state (masking) is left alone.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        """Shuffled by (seed, epoch), augmented per sample, resumable mid-epoch (see ``data/resumable.py``)."""
+        if self.train_set is None:
+            return []
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            self.train_set,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            seed=self.seed,
+        )
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+        loader = ResumableDataLoader(
+            PerSampleSeeds(self.train_set, self.seed),
+            sampler,
+            position=self.state_dict,
+            batch_size=self.batch_size,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        if self._resume_state is not None:
+            loader.load_state_dict(self._resume_state)
+            self._resume_state = None
+        return loader
+
+    def state_dict(self) -> dict[str, int]:
+        """The data seed and, under a trainer, the epoch and the batches of it already trained on."""
+        trainer = self.trainer
+        if trainer is None or trainer.num_training_batches in (0, float("inf")):
+            return {"seed": self.seed, "epoch": 0, "batches_done": 0}
+        epoch = trainer.current_epoch
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # a finished epoch: resume at the start of the next
+            epoch, done = epoch + 1, 0
+        return {"seed": self.seed, "epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.seed = state_dict["seed"]
+        self._resume_state = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)
@@ -167,10 +223,10 @@ class ImageFolderDataModule(MAEDataModule):
     def build_dataset(self, split: str, transform: Callable) -> Dataset | None:
         split_root = self.root / (self.train_dir if split == "train" else self.val_dir)
         if not split_root.is_dir():
-            if split == "train":
-                return _folder_dataset(self.root, transform)
-            return None
-        return _folder_dataset(split_root, transform)
+            if split != "train":
+                return None
+            split_root = self.root
+        return SkipUnreadable(_folder_dataset(split_root, transform), self.max_bad_image_fraction)
 
 
 def _folder_dataset(root: Path, transform: Callable) -> Dataset:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -19,16 +21,33 @@ def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+class UnreadableImageError(Exception):
+    """An image file that PIL cannot decode (empty, truncated, not an image, too large)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
 def load_image(path: str) -> Image.Image:
     """Open an image file as RGB, as torchvision's loader does, but scale 16-bit grayscale to 8 bits.
 
     PIL's own conversion clips 16-bit values at 255, which turns such an image almost all white.
+    A file that cannot be decoded raises :class:`UnreadableImageError`; truncated files are not
+    patched up (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it).
+
+    Raises:
+        UnreadableImageError: the file is empty, truncated, not an image, or over PIL's pixel limit.
     """
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        if img.mode in ("I;16", "I;16L", "I;16B", "I"):
-            img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
-        return img.convert("RGB")
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            if img.mode in ("I;16", "I;16L", "I;16B", "I"):
+                img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # PIL reports a bad file as any of these (SyntaxError and ValueError from some decoders).
+        raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
 
 
 class Digits(Dataset):
@@ -90,3 +109,65 @@ class FlatImageFolder(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, -1
+
+
+class SkipUnreadable(Dataset):
+    """Replace an unreadable image by the next readable one, warn naming the file, and count it.
+
+    The marks live in shared memory, so files found bad in DataLoader workers are counted in the
+    main process too (``num_skipped``). When more than ``max_bad_fraction`` of all files are bad
+    the data is broken rather than noisy, and reading stops with an error.
+
+    Args:
+        dataset: a dataset with ``samples`` (paths, or (path, target) pairs) whose loader raises
+            :class:`UnreadableImageError`.
+        max_bad_fraction: share of unreadable files tolerated, in [0, 1].
+    """
+
+    def __init__(self, dataset: Dataset, max_bad_fraction: float) -> None:
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_image_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.dataset = dataset
+        self.max_bad_fraction = max_bad_fraction
+        self.bad = torch.zeros(len(dataset), dtype=torch.bool).share_memory_()  # type: ignore[arg-type]
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct files found unreadable so far (in any worker)."""
+        return int(self.bad.sum())
+
+    def __len__(self) -> int:
+        return len(self.bad)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        size = len(self.bad)
+        for step in range(size):
+            candidate = (index + step) % size
+            if self.bad[candidate]:
+                continue
+            try:
+                return self.dataset[candidate]
+            except UnreadableImageError as err:
+                self._mark_bad(candidate, err)
+        raise RuntimeError(f"none of the {size} image files can be read (first: {_path_of(self.dataset, 0)})")
+
+    def _mark_bad(self, index: int, err: UnreadableImageError) -> None:
+        self.bad[index] = True
+        warnings.warn(f"skipping unreadable image {err}", stacklevel=2)
+        skipped, total = self.num_skipped, len(self.bad)
+        if skipped > self.max_bad_fraction * total:
+            raise RuntimeError(
+                f"{skipped} of {total} image files are unreadable (last: {err.path}), more than "
+                f"data.init_args.max_bad_image_fraction={self.max_bad_fraction}: fix or remove them, "
+                "or raise that setting (a value in [0, 1])"
+            )
+
+
+def _path_of(dataset: Dataset, index: int) -> str:
+    sample = dataset.samples[index]  # type: ignore[attr-defined]
+    return sample if isinstance(sample, str) else sample[0]

@@ -1,0 +1,23 @@
+"""Log how many unreadable image files the training data skipped."""
+
+from __future__ import annotations
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+
+class LogSkippedImages(Callback):
+    """Log ``data/skipped_images`` at the end of every training epoch and warn when it is not zero.
+
+    The count comes from the training set's ``num_skipped`` (see ``SkipUnreadable``), which workers
+    update through shared memory; datasets without it are left alone.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dataset = getattr(trainer.datamodule, "train_set", None) if trainer.datamodule is not None else None
+        skipped = getattr(dataset, "num_skipped", None)
+        if skipped is None:
+            return
+        pl_module.log("data/skipped_images", float(skipped), on_epoch=True, on_step=False, reduce_fx="max")
+        if skipped:
+            rank_zero_warn(f"{skipped} of {len(dataset)} training image files were unreadable and skipped so far")

@@ -1,0 +1,134 @@
+"""A training DataLoader whose epoch, data order and augmentations survive a restart mid-epoch.
+
+Lightning restarts an interrupted epoch from the first batch of a fresh iterator unless the
+DataLoader itself is stateful (has ``state_dict``/``load_state_dict``, which Lightning stores in
+the checkpoint). Three things make a resumed epoch the one that would have happened:
+
+- the order comes from ``(seed, epoch)`` alone (:class:`ResumableSampler`, a DistributedSampler,
+  so each process of a multi-process run reads its own share) and skips the batches already trained on;
+- each sample's augmentation draws from its own seed ``(seed, epoch, index)``
+  (:class:`PerSampleSeeds`), so crops and flips do not depend on worker count, prefetching or
+  anything else that drew from the global random state before;
+- the loader draws its workers' base seed from its own generator, never from the global
+  ``torch`` state that the masking uses.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffle by ``(seed, epoch)``, yield ``(index, epoch)`` keys, and start an epoch part-way when resumed.
+
+    Args:
+        dataset: the dataset to sample from.
+        num_replicas: number of processes sharing the data.
+        rank: this process's index among them.
+        shuffle: draw a new permutation every epoch.
+        seed: seed of the permutations (the same on every process).
+        drop_last: drop the tail that does not divide evenly among the processes.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self._resume_epoch: int | None = None
+        self._resume_offset = 0
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        """Continue ``epoch`` after its first ``samples_done`` samples (of this process's share)."""
+        self.set_epoch(epoch)
+        self._resume_epoch, self._resume_offset = epoch, samples_done
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())
+        start = 0
+        if self._resume_epoch == self.epoch:
+            start = self._resume_offset
+            self._resume_epoch, self._resume_offset = None, 0  # only the interrupted epoch starts late
+        epoch = self.epoch
+        return iter([(index, epoch) for index in indices[start:]])
+
+
+class PerSampleSeeds(Dataset):
+    """Run ``dataset[index]`` with the random state seeded from ``(seed, epoch, index)``.
+
+    The global states of ``torch``, ``random`` and ``numpy`` are restored afterwards, so the caller's
+    random stream (the masking, in the main process with ``num_workers=0``) is left as it was.
+
+    Args:
+        dataset: a map-style dataset whose transforms draw from the global random state.
+        seed: the run's data seed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        # `samples`, `targets`, `skipped`, ... of the wrapped dataset stay reachable.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2, dtype=np.uint32)
+        sample_seed = (int(state[0]) << 31) ^ int(state[1])
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            np.random.seed(int(state[1]))
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over :class:`ResumableSampler` that Lightning saves and restores with the checkpoint.
+
+    Args:
+        dataset: a :class:`PerSampleSeeds` dataset.
+        sampler: the :class:`ResumableSampler` of ``dataset``.
+        position: returns ``{"seed", "epoch", "batches_done"}`` when a checkpoint is saved: the
+            trainer knows how many batches were trained on, the loader (which prefetches ahead) does not.
+        **kwargs: the other DataLoader arguments.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: ResumableSampler,
+        position: Callable[[], dict[str, int]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        return self.position()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.seed = state["seed"]
+        self.sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
