@@ -326,3 +326,19 @@ def test_visible_patch_embedding_equals_the_convolution():
     ids = torch.rand(3, 6).argsort(dim=1)[:, :2]
     expected = torch.gather(model.patch_embed(imgs), 1, ids.unsqueeze(-1).expand(-1, -1, 32))
     torch.testing.assert_close(model.patch_embed.embed_patches(model.patchify(imgs), ids), expected)
+
+
+def test_bf16_autocast_loss_is_within_one_percent_of_fp32():
+    """The CPU bf16 switch (`trainer.precision: bf16-mixed`) keeps the loss of the same batch and masks."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(
+        img_size=32, patch_size=4, embed_dim=192, depth=4, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
+        decoder_num_heads=4, norm_pix_loss=True,
+    )  # fmt: skip
+    imgs = torch.randn(8, 3, 32, 32)
+    noise = torch.rand(8, model.num_patches)
+    fp32 = model.training_loss(imgs, 0.75, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.training_loss(imgs, 0.75, noise)
+    assert bf16.dtype == torch.float32  # the loss reduction runs in fp32 under autocast
+    assert abs(bf16.item() - fp32.item()) <= 1e-2 * abs(fp32.item())
