@@ -86,18 +86,18 @@ def main() -> None:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95), fused=True
     )
-    loss_fn = model.training_loss if args.no_compile else torch.compile(model.training_loss)
+    forward_train = model.forward_train if args.no_compile else torch.compile(model.forward_train)
     imgs = torch.randn(args.batch, 3, 224, 224, device="cuda")
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(imgs, 0.75)
+            loss, _ = forward_train(imgs, 0.75)
         loss.backward()
         optimizer.step()
 
     with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
-        model.training_loss(imgs, 0.75).backward()
+        model.forward_train(imgs, 0.75)[0].backward()
     flops_per_image = counter.get_total_flops() / args.batch
     for _ in range(10):  # compile and warm up
         step()
@@ -110,7 +110,7 @@ def main() -> None:
 
     module = MAEPretraining(mae_vit_base_patch16(norm_pix_loss=True), warmup_epochs=0)
     if not args.no_compile:
-        module.model.training_loss = torch.compile(module.model.training_loss)
+        module.model.forward_train = torch.compile(module.model.forward_train)
     warmup = 10
     trainer = Trainer(
         accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=warmup + args.steps, logger=False,

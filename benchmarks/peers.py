@@ -32,7 +32,7 @@ class Impl:
 
 def build_ours(reference: MaskedAutoencoder, mask_ratio: float) -> Impl:
     model = _clone(reference)
-    return Impl("mae_lightning", model, lambda imgs, noise: model.training_loss(imgs, mask_ratio, noise))
+    return Impl("mae_lightning", model, lambda imgs, noise: model.forward_train(imgs, mask_ratio, noise)[0])
 
 
 # ---------------------------------------------------------------------------- official model on timm blocks

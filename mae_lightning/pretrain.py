@@ -143,7 +143,7 @@ class MAEPretraining(LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs = batch[0]
-        loss = self.model.training_loss(imgs, self.mask_ratio)
+        loss, _ = self.model.forward_train(imgs, self.mask_ratio)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self._images_since_log += imgs.shape[0]
         return loss

@@ -300,14 +300,15 @@ def test_embeddings_without_masking():
 # ---------------------------------------------------------------------------- the fast training path
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 @pytest.mark.parametrize("in_chans,img_size", [(3, 16), (1, (16, 24)), (5, 8)])
-def test_training_loss_equals_the_straightforward_loss(norm_pix_loss, in_chans, img_size):
+def test_forward_train_equals_the_straightforward_loss(norm_pix_loss, in_chans, img_size):
     """The optimised path (visible-only patch embedding, pixel head on removed patches) keeps the math."""
     torch.manual_seed(0)
     model = tiny(in_chans=in_chans, img_size=img_size, norm_pix_loss=norm_pix_loss)
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     imgs = torch.randn(4, in_chans, h, w)
     noise = torch.rand(4, model.num_patches)
-    fast = model.training_loss(imgs, 0.75, noise)
+    fast, latent = model.forward_train(imgs, 0.75, noise)
+    torch.testing.assert_close(latent, model.forward_encoder(imgs, 0.75, noise)[0])
     reference, _, _ = official_forward(model, imgs, 0.75, noise)
     torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-5)
     fast.backward()
@@ -337,8 +338,8 @@ def test_bf16_autocast_loss_is_within_one_percent_of_fp32():
     )  # fmt: skip
     imgs = torch.randn(8, 3, 32, 32)
     noise = torch.rand(8, model.num_patches)
-    fp32 = model.training_loss(imgs, 0.75, noise)
+    fp32, _ = model.forward_train(imgs, 0.75, noise)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = model.training_loss(imgs, 0.75, noise)
+        bf16, _ = model.forward_train(imgs, 0.75, noise)
     assert bf16.dtype == torch.float32  # the loss reduction runs in fp32 under autocast
     assert abs(bf16.item() - fp32.item()) <= 1e-2 * abs(fp32.item())

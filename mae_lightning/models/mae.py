@@ -159,12 +159,15 @@ class MaskedAutoencoder(nn.Module):
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
 
-    def training_loss(self, imgs: Tensor, mask_ratio: float = 0.75, noise: Tensor | None = None) -> Tensor:
-        """The loss of :meth:`forward`, with the pixel head and the loss run on the removed patches only.
+    def forward_train(
+        self, imgs: Tensor, mask_ratio: float = 0.75, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The loss of :meth:`forward` with less work, and the encoded visible tokens.
 
-        Every sample removes the same number of patches, so the mean over the removed patches of
-        the batch equals the official masked average; the predictions of visible patches, which
-        the loss ignores, are never computed. imgs: (N, C, H, W) -> scalar loss.
+        The pixel head and the loss run on the removed patches only: every sample removes the same
+        number of patches, so the mean over the removed patches of the batch equals the official
+        masked average, and the predictions of visible patches, which the loss ignores, are never
+        computed. imgs: (N, C, H, W) -> loss (scalar), latent (N, 1 + L_keep, D).
         """
         check_mask_ratio(mask_ratio, self.num_patches)
         ids_shuffle, ids_restore, _, len_keep = self._masking(imgs, mask_ratio, noise)
@@ -172,7 +175,7 @@ class MaskedAutoencoder(nn.Module):
         ids_removed = ids_shuffle[:, len_keep:]
         pred = self.decoder_pred(gather_tokens(self._decode(latent, ids_restore), ids_removed))
         target = self._target(gather_tokens(self.patchify(imgs), ids_removed))
-        return ((pred - target) ** 2).mean()
+        return ((pred - target) ** 2).mean(), latent
 
     def _masking(self, imgs: Tensor, mask_ratio: float, noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int]:
         n, length = imgs.shape[0], self.num_patches
