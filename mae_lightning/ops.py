@@ -66,6 +66,28 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
 
 
+def masking_order(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample token order of the masking: the ``len_keep`` tokens with the smallest noise are kept.
+
+    noise: (N, L) -> ids_shuffle (N, L) (kept tokens first), ids_restore (N, L) (its inverse),
+    mask (N, L) float with 1 on removed tokens, in the original token order.
+    """
+    n, length = noise.shape
+    ids_shuffle = torch.argsort(noise, dim=1)
+    # Inverse permutation by scatter: the same values as argsort(ids_shuffle), in O(L) instead of O(L log L).
+    positions = torch.arange(length, device=noise.device).expand(n, length)
+    ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, positions)
+    # A token is removed exactly when its rank in the shuffle is >= len_keep.
+    mask = (ids_restore >= len_keep).to(noise.dtype)
+    return ids_shuffle, ids_restore, mask
+
+
+def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
+    """x: (N, L, D), ids: (N, K) -> (N, K, D), row ``ids[n, k]`` of sample n."""
+    # expand (a view) instead of repeat (a copy): gather reads the index without materialising it.
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Keep a random subset of tokens per sample (the official ``random_masking``).
 
@@ -78,27 +100,17 @@ def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) ->
 
     Returns:
         x_kept: (N, L_keep, D) the visible tokens, in the order of increasing noise.
-        mask: (N, L) float, 0 where kept and 1 where removed, in the original token order.
+        mask: (N, L) 0 where kept and 1 where removed, in the original token order (dtype of x).
         ids_restore: (N, L) long, the permutation that undoes the shuffle (argsort of the argsort).
     """
-    n, length, dim = x.shape
+    n, length, _ = x.shape
     if noise is None:
         noise = torch.rand(n, length, device=x.device)
     elif noise.shape != (n, length):
         raise ValueError(f"noise must have shape (N, L) = {(n, length)}, got {tuple(noise.shape)}")
     len_keep = num_kept(length, mask_ratio)
-
-    ids_shuffle = torch.argsort(noise, dim=1)
-    # Inverse permutation by scatter: the same values as argsort(ids_shuffle), in O(L) instead of O(L log L).
-    positions = torch.arange(length, device=x.device).expand(n, length)
-    ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, positions)
-
-    ids_keep = ids_shuffle[:, :len_keep]
-    # expand (a view) instead of repeat (a copy): gather reads the index without materialising it.
-    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
-    # A token is removed exactly when its rank in the shuffle is >= len_keep.
-    mask = (ids_restore >= len_keep).to(x.dtype)
-    return x_kept, mask, ids_restore
+    ids_shuffle, ids_restore, mask = masking_order(noise, len_keep)
+    return gather_tokens(x, ids_shuffle[:, :len_keep]), mask.to(x.dtype), ids_restore
 
 
 def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:

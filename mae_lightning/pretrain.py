@@ -32,6 +32,8 @@ class MAEPretraining(LightningModule):
         betas: AdamW betas; the paper uses (0.9, 0.95).
         warmup_epochs: epochs of linear warmup from 0 to the peak learning rate.
         val_mask_seed: seed of the validation masks, so that ``val/loss`` is comparable across epochs.
+        fused_adamw: use PyTorch's fused AdamW kernel (same update, one pass over memory); set
+            false for parameter types it does not support.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class MAEPretraining(LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_epochs: float = 40,
         val_mask_seed: int = 0,
+        fused_adamw: bool = True,
     ) -> None:
         super().__init__()
         check_mask_ratio(mask_ratio, model.num_patches)
@@ -75,6 +78,7 @@ class MAEPretraining(LightningModule):
         self.betas = tuple(betas)
         self.warmup_epochs = warmup_epochs
         self.val_mask_seed = val_mask_seed
+        self.fused_adamw = fused_adamw
 
         self.effective_batch_size: int | None = None
         self.peak_lr: float | None = None
@@ -89,8 +93,10 @@ class MAEPretraining(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         groups = param_groups_weight_decay(self.model, self.weight_decay)
-        # The lr given here is replaced before the first step (see on_train_batch_start).
-        return torch.optim.AdamW(groups, lr=self.lr or self.base_lr, betas=self.betas)
+        # The lr given here is replaced before the first step (see on_train_batch_start). The fused
+        # kernel does the whole update in one pass over memory: 2-3x faster than the default
+        # foreach on CPU (benchmarks/RESULTS.md), and the fastest choice on CUDA too.
+        return torch.optim.AdamW(groups, lr=self.lr or self.base_lr, betas=self.betas, fused=self.fused_adamw)
 
     def on_train_start(self) -> None:
         batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
@@ -137,7 +143,7 @@ class MAEPretraining(LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs = batch[0]
-        loss, _, _ = self.model(imgs, self.mask_ratio)
+        loss, _ = self.model.forward_train(imgs, self.mask_ratio)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self._images_since_log += imgs.shape[0]
         return loss

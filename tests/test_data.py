@@ -274,3 +274,27 @@ def test_to_channels_rejects_two_channels_naming_the_value():
 def test_to_channels_converts_any_mode(in_chans, mode):
     for source in ("L", "P", "RGB", "RGBA", "CMYK"):
         assert ToChannels(in_chans)(Image.new(source, (4, 4))).mode == mode
+
+
+# ---------------------------------------------------------------------------- tensor decoding
+def test_tensor_decode_path_gives_the_same_batches_as_pil_up_to_resampling(imagenet_style_root):
+    """decode="tensor": uint8 batches from the workers, normalised floats after the transfer to the device."""
+    kwargs = dict(root=imagenet_style_root, img_size=32, batch_size=4, num_workers=0, eval_crop_ratio=1.0)
+    pil = ImageFolderDataModule(**kwargs)
+    tensor = ImageFolderDataModule(decode="tensor", **kwargs)
+    for dm in (pil, tensor):
+        dm.setup("fit")
+    raw_imgs, raw_targets = next(iter(tensor.val_dataloader()))
+    assert raw_imgs.dtype == torch.uint8 and raw_imgs.shape == (4, 3, 32, 32)
+    imgs, targets = tensor.on_after_batch_transfer((raw_imgs, raw_targets), 0)
+    ref_imgs, ref_targets = next(iter(pil.val_dataloader()))
+    assert imgs.dtype == torch.float32 and torch.equal(targets, ref_targets)
+    # the same pixels up to the two libraries' bicubic resampling and JPEG decoders
+    assert (imgs - ref_imgs).abs().mean() < 0.05
+    train_imgs, _ = next(iter(tensor.train_dataloader()))
+    assert train_imgs.dtype == torch.uint8 and train_imgs.shape == (4, 3, 32, 32)
+
+
+def test_tensor_decode_rejects_unknown_modes(imagenet_style_root):
+    with pytest.raises(ValueError, match="decode must be 'pil' or 'tensor', got 'gpu'"):
+        ImageFolderDataModule(root=imagenet_style_root, decode="gpu")

@@ -295,3 +295,51 @@ def test_embeddings_without_masking():
     torch.testing.assert_close(latent, tokens)
     with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
         model.embed(imgs, "max")
+
+
+# ---------------------------------------------------------------------------- the fast training path
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+@pytest.mark.parametrize("in_chans,img_size", [(3, 16), (1, (16, 24)), (5, 8)])
+def test_forward_train_equals_the_straightforward_loss(norm_pix_loss, in_chans, img_size):
+    """The optimised path (visible-only patch embedding, pixel head on removed patches) keeps the math."""
+    torch.manual_seed(0)
+    model = tiny(in_chans=in_chans, img_size=img_size, norm_pix_loss=norm_pix_loss)
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    imgs = torch.randn(4, in_chans, h, w)
+    noise = torch.rand(4, model.num_patches)
+    fast, latent = model.forward_train(imgs, 0.75, noise)
+    torch.testing.assert_close(latent, model.forward_encoder(imgs, 0.75, noise)[0])
+    reference, _, _ = official_forward(model, imgs, 0.75, noise)
+    torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-5)
+    fast.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    reference.backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(fast_grads[name], param.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_visible_patch_embedding_equals_the_convolution():
+    torch.manual_seed(0)
+    model = tiny(in_chans=4, img_size=(8, 12))
+    imgs = torch.randn(3, 4, 8, 12)
+    ids = torch.rand(3, 6).argsort(dim=1)[:, :2]
+    expected = torch.gather(model.patch_embed(imgs), 1, ids.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(model.patch_embed.embed_patches(model.patchify(imgs), ids), expected)
+
+
+def test_bf16_autocast_loss_is_within_one_percent_of_fp32():
+    """The CPU bf16 switch (`trainer.precision: bf16-mixed`) keeps the loss of the same batch and masks."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(
+        img_size=32, patch_size=4, embed_dim=192, depth=4, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
+        decoder_num_heads=4, norm_pix_loss=True,
+    )  # fmt: skip
+    imgs = torch.randn(8, 3, 32, 32)
+    noise = torch.rand(8, model.num_patches)
+    fp32, _ = model.forward_train(imgs, 0.75, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, _ = model.forward_train(imgs, 0.75, noise)
+    assert bf16.dtype == torch.float32  # the loss reduction runs in fp32 under autocast
+    assert abs(bf16.item() - fp32.item()) <= 1e-2 * abs(fp32.item())

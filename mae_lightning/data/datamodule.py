@@ -13,6 +13,12 @@ from torchvision import datasets
 
 from mae_lightning.data.datasets import Digits, FlatImageFolder, SkipUnreadable, is_image_file, load_image
 from mae_lightning.data.resumable import PerSampleSeeds, ResumableDataLoader, ResumableSampler
+from mae_lightning.data.tensor_decode import (
+    ReadImageUint8,
+    eval_transform_uint8,
+    normalize_uint8,
+    pretrain_transform_uint8,
+)
 from mae_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
 
 
@@ -85,8 +91,11 @@ class MAEDataModule(LightningDataModule):
         self.std = tuple(std) if std is not None else self._default_stats(self.default_std, in_chans)
         if len(self.mean) != in_chans or len(self.std) != in_chans:
             raise ValueError(f"mean and std need in_chans={in_chans} values, got mean={self.mean}, std={self.std}")
+        self.crop_scale = tuple(crop_scale)
+        self.horizontal_flip = horizontal_flip
+        self.eval_crop_ratio = eval_crop_ratio
         self.train_transform = pretrain_transform(
-            self.img_size, in_chans, self.mean, self.std, tuple(crop_scale), horizontal_flip
+            self.img_size, in_chans, self.mean, self.std, self.crop_scale, horizontal_flip
         )
         self.eval_transform = eval_transform(self.img_size, in_chans, self.mean, self.std, eval_crop_ratio)
         self.train_set: Dataset | None = None
@@ -209,16 +218,30 @@ class ImageFolderDataModule(MAEDataModule):
         root: the dataset folder.
         train_dir: training sub-folder.
         val_dir: validation sub-folder ("val" for ImageNet, "test" for the CIFAR-10 JPEG folders).
+        decode: ``"pil"`` decodes, augments and normalises in the DataLoader workers; ``"tensor"``
+            decodes with torchvision.io and augments uint8 tensors in the workers, and converts
+            to normalised floats on the training device (less CPU per image, a quarter of the
+            bytes to copy: the path for fast GPUs; see benchmarks/RESULTS.md).
         **kwargs: the :class:`MAEDataModule` arguments.
     """
 
-    def __init__(self, root: str | Path, train_dir: str = "train", val_dir: str = "val", **kwargs) -> None:
+    def __init__(
+        self, root: str | Path, train_dir: str = "train", val_dir: str = "val", decode: str = "pil", **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data root {str(self.root)!r} does not exist or is not a folder")
+        if decode not in ("pil", "tensor"):
+            raise ValueError(f"decode must be 'pil' or 'tensor', got {decode!r}")
         self.train_dir = train_dir
         self.val_dir = val_dir
+        self.decode = decode
+        self.loader = load_image
+        if decode == "tensor":
+            self.loader = ReadImageUint8(self.in_chans)
+            self.train_transform = pretrain_transform_uint8(self.img_size, self.crop_scale, self.horizontal_flip)
+            self.eval_transform = eval_transform_uint8(self.img_size, self.eval_crop_ratio)
 
     def build_dataset(self, split: str, transform: Callable) -> Dataset | None:
         split_root = self.root / (self.train_dir if split == "train" else self.val_dir)
@@ -226,15 +249,21 @@ class ImageFolderDataModule(MAEDataModule):
             if split != "train":
                 return None
             split_root = self.root
-        return SkipUnreadable(_folder_dataset(split_root, transform), self.max_bad_image_fraction)
+        return SkipUnreadable(_folder_dataset(split_root, transform, self.loader), self.max_bad_image_fraction)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.decode == "tensor":
+            imgs, targets = batch
+            return normalize_uint8(imgs, self.mean, self.std), targets
+        return batch
 
 
-def _folder_dataset(root: Path, transform: Callable) -> Dataset:
+def _folder_dataset(root: Path, transform: Callable, loader: Callable) -> Dataset:
     """Class sub-folders as labels (torchvision ImageFolder) when the folder has only sub-folders."""
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if entries and all(p.is_dir() for p in entries):
-        return datasets.ImageFolder(str(root), transform=transform, loader=load_image, is_valid_file=is_image_file)
-    return FlatImageFolder(root, transform)
+        return datasets.ImageFolder(str(root), transform=transform, loader=loader, is_valid_file=is_image_file)
+    return FlatImageFolder(root, transform, loader)
 
 
 class _TorchvisionDataModule(MAEDataModule):

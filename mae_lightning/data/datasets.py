@@ -91,21 +91,23 @@ class FlatImageFolder(Dataset):
 
     Args:
         root: folder of images.
-        transform: applied to each PIL image.
+        transform: applied to each loaded image.
+        loader: reads one file (a PIL image by default).
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None) -> None:
+    def __init__(self, root: str | Path, transform: Callable | None = None, loader: Callable = load_image) -> None:
         self.root = Path(root)
         self.samples = sorted(str(p) for p in self.root.rglob("*") if p.is_file() and is_image_file(p.name))
         if not self.samples:
             raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
         self.transform = transform
+        self.loader = loader
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        img = load_image(self.samples[index])
+        img = self.loader(self.samples[index])
         if self.transform is not None:
             img = self.transform(img)
         return img, -1

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
-from mae_lightning.ops import num_kept, patchify, random_masking, sincos_2d, unpatchify
+from mae_lightning.ops import gather_tokens, masking_order, num_kept, patchify, sincos_2d, unpatchify
 
 
 class MaskedAutoencoder(nn.Module):
@@ -119,41 +119,22 @@ class MaskedAutoencoder(nn.Module):
 
         imgs: (N, C, H, W) -> latent (N, 1 + L_keep, D), mask (N, L), ids_restore (N, L).
         """
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        x, mask, ids_restore = random_masking(x, mask_ratio, noise)
-        cls_token = self.cls_token + self.pos_embed[:, :1, :]
-        x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x), mask, ids_restore
+        ids_shuffle, ids_restore, mask, len_keep = self._masking(imgs, mask_ratio, noise)
+        return self._encode_visible(imgs, ids_shuffle[:, :len_keep]), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
         """Predict every patch's pixels.
 
         latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*C).
         """
-        x = self.decoder_embed(latent)
-        n, _, dim = x.shape
-        num_masked = ids_restore.shape[1] + 1 - x.shape[1]
-        # Append the mask tokens after the visible ones, then unshuffle to the original order.
-        x_ = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x)
-        x = self.decoder_pred(self.decoder_norm(x))
-        return x[:, 1:, :]
+        return self.decoder_pred(self._decode(latent, ids_restore))
 
     def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """Mean squared error per patch, averaged over the removed patches only.
 
         imgs: (N, C, H, W), pred: (N, L, p*p*C), mask: (N, L) with 1 = removed -> scalar loss.
         """
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)  # unbiased, as the official code
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        target = self._target(self.patchify(imgs))
         loss = ((pred - target) ** 2).mean(dim=-1)
         return (loss * mask).sum() / mask.sum()
 
@@ -178,15 +159,71 @@ class MaskedAutoencoder(nn.Module):
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
 
-    # ------------------------------------------------------------------ embeddings
-    def forward_features(self, imgs: Tensor) -> Tensor:
-        """Encode every patch, no masking: imgs (N, C, H, W) -> (N, 1 + L, D) after the final norm."""
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+    def forward_train(
+        self, imgs: Tensor, mask_ratio: float = 0.75, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The loss of :meth:`forward` with less work, and the encoded visible tokens.
+
+        The pixel head and the loss run on the removed patches only: every sample removes the same
+        number of patches, so the mean over the removed patches of the batch equals the official
+        masked average, and the predictions of visible patches, which the loss ignores, are never
+        computed. imgs: (N, C, H, W) -> loss (scalar), latent (N, 1 + L_keep, D).
+        """
+        check_mask_ratio(mask_ratio, self.num_patches)
+        ids_shuffle, ids_restore, _, len_keep = self._masking(imgs, mask_ratio, noise)
+        latent = self._encode_visible(imgs, ids_shuffle[:, :len_keep])
+        ids_removed = ids_shuffle[:, len_keep:]
+        pred = self.decoder_pred(gather_tokens(self._decode(latent, ids_restore), ids_removed))
+        target = self._target(gather_tokens(self.patchify(imgs), ids_removed))
+        return ((pred - target) ** 2).mean(), latent
+
+    def _masking(self, imgs: Tensor, mask_ratio: float, noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int]:
+        n, length = imgs.shape[0], self.num_patches
+        if noise is None:
+            noise = torch.rand(n, length, device=imgs.device)
+        elif noise.shape != (n, length):
+            raise ValueError(f"noise must have shape (N, L) = {(n, length)}, got {tuple(noise.shape)}")
+        len_keep = num_kept(length, mask_ratio)
+        ids_shuffle, ids_restore, mask = masking_order(noise, len_keep)
+        return ids_shuffle, ids_restore, mask.to(imgs.dtype), len_keep
+
+    def _encode_visible(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
+        """imgs: (N, C, H, W), ids_keep: (N, L_keep) -> latent (N, 1 + L_keep, D) after the final norm."""
+        x = self.patch_embed.embed_patches(self.patchify(self.patch_embed.check(imgs)), ids_keep)
+        x = x + self.pos_embed[0, 1:][ids_keep]
         cls_token = self.cls_token + self.pos_embed[:, :1, :]
         x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def _decode(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> decoded patch tokens (N, L, D_dec), cls dropped."""
+        x = self.decoder_embed(latent)
+        n, _, dim = x.shape
+        num_masked = ids_restore.shape[1] + 1 - x.shape[1]
+        # Append the mask tokens after the visible ones, then unshuffle to the original order.
+        x_ = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)
+        x_ = gather_tokens(x_, ids_restore)
+        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        # The pixel head is per token, so dropping the cls token before it gives the official output.
+        return self.decoder_norm(x[:, 1:, :])
+
+    def _target(self, patches: Tensor) -> Tensor:
+        """Pixels to regress: patches (..., p*p*C), normalised per patch when ``norm_pix_loss``."""
+        if not self.norm_pix_loss:
+            return patches
+        mean = patches.mean(dim=-1, keepdim=True)
+        var = patches.var(dim=-1, keepdim=True)  # unbiased, as the official code
+        return (patches - mean) / (var + 1.0e-6) ** 0.5
+
+    # ------------------------------------------------------------------ embeddings
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """Encode every patch, no masking: imgs (N, C, H, W) -> (N, 1 + L, D) after the final norm."""
+        ids_all = torch.arange(self.num_patches, device=imgs.device).expand(imgs.shape[0], -1)
+        return self._encode_visible(imgs, ids_all)
 
     def embed(self, imgs: Tensor, pool: str = "cls") -> Tensor:
         """Image embeddings for downstream use: imgs (N, C, H, W) -> (N, D).

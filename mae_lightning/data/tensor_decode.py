@@ -1,0 +1,61 @@
+"""A lighter data path for fast accelerators: decode to uint8 tensors, normalise on the device.
+
+The PIL pipeline decodes, crops and converts to float on the CPU workers. Here the workers
+decode with torchvision.io (libjpeg-turbo) and crop and flip uint8 tensors; the batch crosses
+to the device as uint8 (a quarter of the bytes of float32) and becomes normalised floats
+there (:func:`normalize_uint8`, run by the DataModule's ``on_after_batch_transfer``).
+
+torchvision 0.29 marks its decoders as superseded by TorchCodec; they remain in the 0.29 line
+this project pins, and this module is the one place to change when moving to TorchCodec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from mae_lightning.data.datasets import UnreadableImageError
+
+_READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
+
+
+class ReadImageUint8:
+    """Loader: an image file to a (in_chans, H, W) uint8 tensor, converting the channel count on decode."""
+
+    def __init__(self, in_chans: int) -> None:
+        if in_chans not in _READ_MODES:
+            raise ValueError(f"image files can be decoded to 1, 3 or 4 channels, got in_chans={in_chans}")
+        self.mode = _READ_MODES[in_chans]
+
+    def __call__(self, path: str) -> Tensor:
+        try:
+            return decode_image(path, mode=self.mode)
+        except (RuntimeError, ValueError) as err:  # torchvision's report of an empty or corrupt file
+            raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+
+
+def pretrain_transform_uint8(
+    img_size: tuple[int, int], crop_scale: tuple[float, float] = (0.2, 1.0), horizontal_flip: bool = True
+) -> v2.Compose:
+    """RandomResizedCrop (bicubic, antialiased) and flip on uint8 tensors; no normalisation here."""
+    steps = [v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=v2.InterpolationMode.BICUBIC)]
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def eval_transform_uint8(img_size: tuple[int, int], crop_ratio: float = 0.875) -> v2.Compose:
+    """Resize the shorter side to ``max(img_size) / crop_ratio`` and centre-crop, on uint8 tensors."""
+    resize = int(max(img_size) / crop_ratio)
+    return v2.Compose([v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC), v2.CenterCrop(img_size)])
+
+
+def normalize_uint8(imgs: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """imgs: (N, C, H, W) uint8 on any device -> float32 ``(imgs / 255 - mean) / std``, computed there."""
+    mean_t = torch.tensor(mean, device=imgs.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=imgs.device).view(1, -1, 1, 1)
+    return (imgs.float().div_(255.0) - mean_t) / std_t
