@@ -117,6 +117,30 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
 # --------------------------------------------------------------------------- reading files
 
 
+def load_file(path: str | os.PathLike) -> object:
+    """The content of a weights or checkpoint file, read without running pickled code.
+
+    ``.safetensors`` with safetensors; anything else with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file as load_safetensors
+
+        return load_safetensors(str(path), device="cpu")
+    try:
+        # The official training scripts store their argparse.Namespace beside the weights;
+        # it only holds plain values, so it is the one class allowed besides tensors.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many classes; say what happened and why
+        raise ValueError(
+            f"cannot read {path} as a weights file with torch.load(weights_only=True) "
+            f"(files that need arbitrary code to unpickle are refused): {err}"
+        ) from err
+
+
 def read_state_dict(source: str | os.PathLike | Mapping, prefix: str | None = None) -> dict[str, Tensor]:
     """The tensors of a weights file (or of an already loaded object), with bare timm/official keys.
 
@@ -129,27 +153,7 @@ def read_state_dict(source: str | os.PathLike | Mapping, prefix: str | None = No
             of a Lightning checkpoint (the LightningModule's attribute, e.g. ``model.``) and the
             ``module.``/``_orig_mod.`` prefixes of DDP and torch.compile are stripped.
     """
-    if isinstance(source, Mapping):
-        obj: object = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path), device="cpu")
-        else:
-            try:
-                # The official training scripts store their argparse.Namespace beside the weights;
-                # it only holds plain values, so it is the one class allowed besides tensors.
-                with torch.serialization.safe_globals([argparse.Namespace]):
-                    obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # pickle errors come in many classes; say what happened and why
-                raise ValueError(
-                    f"cannot read {path} as a weights file with torch.load(weights_only=True) "
-                    f"(files that need arbitrary code to unpickle are refused): {err}"
-                ) from err
+    obj = source if isinstance(source, Mapping) else load_file(source)
     from_lightning = isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj
     state_dict = _unwrap(obj)
     if prefix is not None:
