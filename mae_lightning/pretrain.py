@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
+from mae_lightning.models.weights import load_weights
 from mae_lightning.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
 
 
@@ -34,6 +35,12 @@ class MAEPretraining(LightningModule):
         val_mask_seed: seed of the validation masks, so that ``val/loss`` is comparable across epochs.
         fused_adamw: use PyTorch's fused AdamW kernel (same update, one pass over memory); set
             false for parameter types it does not support.
+        init_weights: weights to start from (continued pretraining): an official ``*_full.pth``, an
+            official encoder-only file (the decoder keeps its fresh initialisation), a checkpoint of this
+            project or a ``.safetensors`` export. Loaded when fitting starts, never over a resumed
+            checkpoint; position tables follow the model's patch grid (see ``models/weights.py``).
+        compile: compile the model with ``torch.compile`` (in place: checkpoint keys do not change);
+            worth it on GPUs for long runs, mostly compile time on a CPU.
     """
 
     def __init__(
@@ -48,6 +55,8 @@ class MAEPretraining(LightningModule):
         warmup_epochs: float = 40,
         val_mask_seed: int = 0,
         fused_adamw: bool = True,
+        init_weights: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_mask_ratio(mask_ratio, model.num_patches)
@@ -79,6 +88,10 @@ class MAEPretraining(LightningModule):
         self.warmup_epochs = warmup_epochs
         self.val_mask_seed = val_mask_seed
         self.fused_adamw = fused_adamw
+        self.init_weights = init_weights
+        self.compile_model = compile
+        # Set once the weights are in the model: by `init_weights`, or by a checkpoint being restored.
+        self._weights_initialised = False
 
         self.effective_batch_size: int | None = None
         self.peak_lr: float | None = None
@@ -89,6 +102,23 @@ class MAEPretraining(LightningModule):
     def forward(self, imgs: Tensor, mask_ratio: float | None = None, noise: Tensor | None = None):
         """Delegates to the model: returns (loss, pred, mask)."""
         return self.model(imgs, self.mask_ratio if mask_ratio is None else mask_ratio, noise)
+
+    # ------------------------------------------------------------------ weights and compilation
+    def setup(self, stage: str) -> None:
+        # Before the strategy wraps or shards the model; a checkpoint resumed with `ckpt_path` is
+        # restored after this and replaces these weights, as it should.
+        if stage == "fit" and self.init_weights and not self._weights_initialised:
+            report = load_weights(self.model, self.init_weights, expected_missing=["decoder*", "mask_token"])
+            # Loading an encoder-only file leaves the decoder fresh by design; anything else is worth a warning.
+            (rank_zero_info if report.clean else rank_zero_warn)(f"init_weights: {report.message()}")
+            self._weights_initialised = True
+
+    def configure_model(self) -> None:
+        # nn.Module.compile() compiles in place, so state_dict keys keep their names (no `_orig_mod.`).
+        if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile()
+            # Training calls forward_train, not forward: compile that entry point as well.
+            self._forward_train = torch.compile(self.model.forward_train)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -109,6 +139,11 @@ class MAEPretraining(LightningModule):
             f"{self.trainer.world_size} processes x {self.trainer.accumulate_grad_batches} accumulated; "
             f"peak lr {self.peak_lr:.3e}"
         )
+        # Also into the run's record: the config (hyperparameters) and a metric at the first step.
+        numbers = {"effective_batch_size": self.effective_batch_size, "peak_lr": self.peak_lr}
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(numbers)
+            logger.log_metrics(numbers, step=self.trainer.global_step)
         previous = self._resumed_from
         if previous and previous.get("effective_batch_size") != self.effective_batch_size:
             rank_zero_warn(
@@ -124,6 +159,7 @@ class MAEPretraining(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_from = checkpoint.get("mae_lightning")
+        self._weights_initialised = True
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         trainer = self.trainer
@@ -143,7 +179,8 @@ class MAEPretraining(LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs = batch[0]
-        loss, _ = self.model.forward_train(imgs, self.mask_ratio)
+        forward_train = getattr(self, "_forward_train", self.model.forward_train)
+        loss, _ = forward_train(imgs, self.mask_ratio)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self._images_since_log += imgs.shape[0]
         return loss

@@ -1,0 +1,153 @@
+"""Weights out: write a trained encoder as a timm ``VisionTransformer`` state dict.
+
+    python -m mae_lightning.export --ckpt runs/.../checkpoints/last.ckpt --out vit_encoder.safetensors
+
+The source is a checkpoint of this project (pretraining or, with ``--prefix``, any module holding
+the encoder), an official facebookresearch/mae file or a bare state dict. The keys are already
+timm's (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.*``, ``norm``), so the
+export keeps the encoder's tensors and drops the decoder; the file loads with ``strict=True`` into
+
+    timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, global_pool="token")
+
+(cls-token features, as ``MaskedAutoencoder.embed(pool="cls")``); ``global_pool="avg", fc_norm=False``
+gives the mean of the normalised patch tokens, as ``embed(pool="mean")``. Sizes other than the
+named timm models: ``timm.models.VisionTransformer(img_size=..., patch_size=..., in_chans=...,
+embed_dim=..., depth=..., num_heads=..., num_classes=0)``; the command prints the arguments.
+``.safetensors`` is written with safetensors, any other suffix with ``torch.save``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mae_lightning.models.weights import WeightsMismatchError, load_file, read_state_dict, sincos_grid
+
+# The encoder's keys, timm VisionTransformer names: everything else (decoder, mask token) stays behind.
+ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+# A fine-tuned classifier's own keys, exported on request.
+HEAD_PREFIXES = ("fc_norm.", "head.")
+# timm's ViT names for the paper's sizes: (embed_dim, depth) -> (name stem, num_heads).
+TIMM_SIZES = {
+    (192, 12): ("vit_tiny", 3),
+    (384, 12): ("vit_small", 6),
+    (768, 12): ("vit_base", 12),
+    (1024, 24): ("vit_large", 16),
+    (1280, 32): ("vit_huge", 16),
+}
+
+
+def encoder_state_dict(state_dict: Mapping[str, Tensor], include_head: bool = False) -> dict[str, Tensor]:
+    """The encoder's tensors under timm's keys (contiguous copies), optionally with ``fc_norm``/``head``."""
+    prefixes = ENCODER_PREFIXES + (HEAD_PREFIXES if include_head else ())
+    encoder = {
+        key: value.detach().contiguous().clone() for key, value in state_dict.items() if key.startswith(prefixes)
+    }
+    needed = ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight")
+    absent = [key for key in needed if key not in encoder]
+    if absent:
+        raise WeightsMismatchError(
+            f"no ViT encoder found: {', '.join(absent)} missing (keys found: {', '.join(list(state_dict)[:8])}, ...); "
+            "pass --prefix to pick the encoder inside a larger module"
+        )
+    return encoder
+
+
+def describe_encoder(encoder: Mapping[str, Tensor], num_heads: int | None = None) -> dict:
+    """The timm ``VisionTransformer`` arguments that this encoder's tensors imply.
+
+    ``num_heads`` cannot be read from the weights; it comes from the checkpoint's hyperparameters when
+    known, else from timm's size of the same width and depth.
+    """
+    embed_dim, in_chans, patch_size, _ = encoder["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(key.split(".")[1]) for key in encoder if key.startswith("blocks."))
+    table = encoder["pos_embed"][0, 1:]
+    # A sin-cos table knows its grid; a learned one is taken as square.
+    grid = sincos_grid(table) or (round(table.shape[0] ** 0.5),) * 2
+    stem, default_heads = TIMM_SIZES.get((embed_dim, depth), (None, None))
+    info = {
+        "img_size": [grid[0] * patch_size, grid[1] * patch_size],
+        "patch_size": patch_size,
+        "in_chans": in_chans,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads or default_heads,
+        "mlp_ratio": encoder["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+    }
+    if stem and info["img_size"][0] == info["img_size"][1]:
+        info["timm_model"] = f"{stem}_patch{patch_size}_{info['img_size'][0]}"
+    return info
+
+
+def export_encoder(
+    source: str | os.PathLike | Mapping,
+    out: str | os.PathLike,
+    prefix: str | None = None,
+    include_head: bool = False,
+) -> dict:
+    """Write the encoder of ``source`` to ``out`` (``.safetensors`` or a ``torch.save`` file).
+
+    Args:
+        source: a checkpoint or weights file, or a loaded state dict (see ``read_state_dict``).
+        out: the file to write; its suffix picks the format.
+        prefix: the key prefix of the encoder inside ``source`` (default: found automatically).
+        include_head: keep ``fc_norm`` and ``head`` (a fine-tuned classifier) as well.
+
+    Returns:
+        The timm ``VisionTransformer`` arguments of the encoder (see :func:`describe_encoder`).
+    """
+    checkpoint = source if isinstance(source, Mapping) else load_file(source)
+    encoder = encoder_state_dict(read_state_dict(checkpoint, prefix=prefix), include_head)
+    info = describe_encoder(encoder, _num_heads_from_hparams(checkpoint))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(encoder, str(out), metadata={"format": "pt", "timm_vit_args": json.dumps(info)})
+    else:
+        torch.save(encoder, out)
+    return info
+
+
+def _num_heads_from_hparams(checkpoint: object) -> int | None:
+    # A checkpoint written through the CLI records the model's init_args; a module built in Python does not.
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    model = hparams.get("model") if isinstance(hparams, Mapping) else None
+    if isinstance(model, Mapping) and isinstance(model.get("init_args"), Mapping):
+        return model["init_args"].get("num_heads")
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mae_lightning.export --ckpt <file> --out <file>``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mae_lightning.export",
+        description="Export a trained MAE encoder as a timm VisionTransformer state dict.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint of this project, official MAE file or state dict")
+    parser.add_argument("--out", required=True, help="output file: .safetensors, or .pth for torch.save")
+    parser.add_argument("--prefix", default=None, help="key prefix of the encoder in --ckpt (default: automatic)")
+    parser.add_argument("--include-head", action="store_true", help="also export fc_norm and head (fine-tuned)")
+    args = parser.parse_args(argv)
+    try:
+        info = export_encoder(args.ckpt, args.out, prefix=args.prefix, include_head=args.include_head)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mae_lightning.export: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {args.out}")
+    arch = {k: v for k, v in info.items() if k != "timm_model"}
+    print("timm.models.VisionTransformer(" + ", ".join(f"{k}={v!r}" for k, v in arch.items()) + ", num_classes=0)")
+    if "timm_model" in info:
+        print(f'or timm.create_model("{info["timm_model"]}", pretrained=False, num_classes=0, global_pool="token")')
+
+
+if __name__ == "__main__":
+    main()
