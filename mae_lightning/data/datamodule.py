@@ -11,7 +11,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
 from mae_lightning.data.datasets import Digits, FlatImageFolder, is_image_file, load_image
-from mae_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
+from mae_lightning.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    finetune_transform,
+    pretrain_transform,
+)
 
 
 class MAEDataModule(LightningDataModule):
@@ -34,6 +40,10 @@ class MAEDataModule(LightningDataModule):
             and centre-crops (224/256 = 0.875 on ImageNet; 1.0 keeps the whole image).
         mean: per-channel normalisation mean; defaults to the dataset's.
         std: per-channel normalisation std; defaults to the dataset's.
+        augmentation: ``"pretrain"`` (crop + flip, MAE pretraining and linear probing) or ``"finetune"``
+            (crop + flip + RandAugment + random erasing, the fine-tuning recipe).
+        rand_augment: RandAugment (num_ops, magnitude) of the ``"finetune"`` augmentation.
+        random_erasing: probability of RandomErasing in the ``"finetune"`` augmentation.
     """
 
     default_mean: tuple[float, ...] = IMAGENET_MEAN
@@ -52,6 +62,9 @@ class MAEDataModule(LightningDataModule):
         eval_crop_ratio: float = 0.875,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        augmentation: str = "pretrain",
+        rand_augment: tuple[int, int] = (2, 9),
+        random_erasing: float = 0.25,
     ) -> None:
         super().__init__()
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -72,9 +85,18 @@ class MAEDataModule(LightningDataModule):
         self.std = tuple(std) if std is not None else self._default_stats(self.default_std, in_chans)
         if len(self.mean) != in_chans or len(self.std) != in_chans:
             raise ValueError(f"mean and std need in_chans={in_chans} values, got mean={self.mean}, std={self.std}")
-        self.train_transform = pretrain_transform(
-            self.img_size, in_chans, self.mean, self.std, tuple(crop_scale), horizontal_flip
-        )
+        if augmentation == "pretrain":
+            self.train_transform = pretrain_transform(
+                self.img_size, in_chans, self.mean, self.std, tuple(crop_scale), horizontal_flip
+            )
+        elif augmentation == "finetune":
+            if not 0 <= random_erasing <= 1:
+                raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing}")
+            self.train_transform = finetune_transform(
+                self.img_size, in_chans, self.mean, self.std, tuple(crop_scale), tuple(rand_augment), random_erasing
+            )
+        else:
+            raise ValueError(f"augmentation must be 'pretrain' or 'finetune', got {augmentation!r}")
         self.eval_transform = eval_transform(self.img_size, in_chans, self.mean, self.std, eval_crop_ratio)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
