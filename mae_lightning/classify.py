@@ -186,7 +186,9 @@ class LinearProbe(ImageClassification):
         return self.model.head(self.features(imgs))
 
     def configure_optimizers(self):
-        return LARS(self.model.head.parameters(), lr=self.base_lr, weight_decay=self.weight_decay, momentum=self.momentum)
+        return LARS(
+            self.model.head.parameters(), lr=self.base_lr, weight_decay=self.weight_decay, momentum=self.momentum
+        )
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs, targets = batch[0], batch[1]
@@ -247,7 +249,9 @@ class FineTune(ImageClassification):
             )
         depth = len(model.blocks)
         if trainable_blocks is not None and not 0 <= trainable_blocks <= depth:
-            raise ValueError(f"trainable_blocks must be between 0 and the model's depth {depth}, got {trainable_blocks}")
+            raise ValueError(
+                f"trainable_blocks must be between 0 and the model's depth {depth}, got {trainable_blocks}"
+            )
         self.layer_decay = layer_decay
         self.betas = tuple(betas)
         self.label_smoothing = label_smoothing

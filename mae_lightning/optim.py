@@ -112,7 +112,12 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, trust_coefficient: float = 0.001
+        self,
+        params,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
     ) -> None:
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or trust_coefficient <= 0:
             raise ValueError(

@@ -9,7 +9,14 @@ from mae_lightning.optim import LARS, layer_id_for_vit, param_groups_layer_decay
 
 def tiny_vit(depth: int = 3, global_pool: bool = True) -> VisionTransformer:
     return VisionTransformer(
-        img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=8, depth=depth, num_heads=2, global_pool=global_pool
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        num_classes=5,
+        embed_dim=8,
+        depth=depth,
+        num_heads=2,
+        global_pool=global_pool,
     )
 
 
@@ -25,7 +32,9 @@ def test_layer_ids_follow_the_official_rule():
 
 def test_layer_decay_groups_scales_and_weight_decay():
     model = tiny_vit(depth=3)
-    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5, no_weight_decay=model.no_weight_decay())
+    groups = param_groups_layer_decay(
+        model, weight_decay=0.05, layer_decay=0.5, no_weight_decay=model.no_weight_decay()
+    )
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {g["name"]: g for g in groups}
     members = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}

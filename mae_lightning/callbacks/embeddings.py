@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class EmbeddingWriter(BasePredictionWriter):
-    """Collect ``predict_step``'s dictionaries and save them as one ``.npz`` (``numpy.load``) or ``.pt`` (``torch.load``).
+    """Save ``predict_step``'s dictionaries as one ``.npz`` (``numpy.load``) or ``.pt`` (``torch.load``) file.
 
     Every tensor of the dictionaries becomes an array with one row per image, in dataset order
     (``cls`` / ``mean`` embeddings of a pretraining checkpoint, ``embedding`` / ``logits`` of a
@@ -31,7 +31,10 @@ class EmbeddingWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices) -> None:
         # One dataloader: a flat list of batches; several: a list per dataloader (only the first is written).
         if predictions and isinstance(predictions[0], list):
-            predictions, batch_indices = predictions[0], batch_indices[0] if batch_indices else None
+            predictions = predictions[0]
+        # Lightning nests the indices per dataloader even when the predictions are flat.
+        if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+            batch_indices = batch_indices[0]
         if not predictions:
             return
         columns = {key: torch.cat([p[key].detach().float().cpu() for p in predictions]) for key in predictions[0]}

@@ -145,7 +145,11 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> None:
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # replaced by fc_norm, as official
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     own = model.state_dict()
-    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if mismatched:
         raise ValueError(f"pretrained checkpoint {str(path)!r} does not fit the model: {'; '.join(mismatched)}")
     result = model.load_state_dict(state, strict=False)
