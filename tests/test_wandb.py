@@ -177,3 +177,37 @@ def test_online_run_without_api_key_stops_at_once_with_the_offline_fix(tmp_path:
     assert "WANDB_MODE=offline" in last
     assert "Traceback" not in result.stderr
     assert not (save_dir / "wandb").exists()  # wandb was never started
+
+
+def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home: Path):
+    save_dir = wandb_home / "logs"
+    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
+    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *FAST]
+    # The quickstart draws reconstructions every 5 epochs: 5 short epochs.
+    argv += ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "2"]
+    try:
+        cli = main(argv)
+        assert cli.trainer.state.finished
+    finally:
+        wandb.finish()
+        wandb.teardown()
+    run = next((save_dir / "wandb").glob("offline-run-*"))
+    records = list(wandb_records(next(run.glob("run-*.wandb"))))
+    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    keys = {_key(item) for h in history for item in h.item}
+    assert {"val/knn_top1", "val/online_linear_top1", "val/recon_psnr_masked", "val/recon_ssim_masked"} <= keys
+    # an image list is recorded as nested keys: val/reconstruction/{_type,count,captions,filenames,...}
+    image = {
+        _key(item).removeprefix("val/reconstruction/"): json.loads(item.value_json)
+        for h in history
+        for item in h.item
+        if _key(item).startswith("val/reconstruction/")
+    }
+    assert image["_type"] == "images/separated" and image["count"] == 1
+    assert "reconstruction" in image["captions"][0]
+    pngs = list((run / "files" / "media" / "images").rglob("*.png"))
+    assert len(pngs) == 1
+    from PIL import Image
+
+    # 8 rows of 4 panels of 16x16 with 2-pixel padding
+    assert Image.open(pngs[0]).size == (2 + 4 * 18, 2 + 8 * 18)
