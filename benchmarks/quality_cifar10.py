@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from mae_lightning import ImageFolderDataModule
 from mae_lightning.callbacks.knn import knn_scores
@@ -118,11 +118,26 @@ def evaluate(name: str, model: VisionTransformer, train_loader, test_loader, num
     return result
 
 
+def balanced_subset(dataset, per_class: int | None):
+    """The first ``per_class`` images of every class (all of them when None), in folder order."""
+    if per_class is None:
+        return dataset
+    counts: dict[int, int] = {}
+    keep = []
+    for index, target in enumerate(dataset.targets):
+        if counts.get(target, 0) < per_class:
+            counts[target] = counts.get(target, 0) + 1
+            keep.append(index)
+    return Subset(dataset, keep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="CIFAR-10 JPEG root with train/ and test/")
     parser.add_argument("--checkpoint", required=True, help="the pretraining checkpoint (last.ckpt)")
     parser.add_argument("--probe_epochs", type=int, default=30)
+    parser.add_argument("--train_per_class", type=int, default=None, help="balanced subset of the training split")
+    parser.add_argument("--test_per_class", type=int, default=None, help="balanced subset of the test split")
     parser.add_argument("--output", default="quality_cifar10.json")
     args = parser.parse_args()
 
@@ -142,6 +157,8 @@ def main() -> None:
     train_set = data.build_dataset("train", data.eval_transform)
     test_set = data.build_dataset("val", data.eval_transform)
     num_classes = len(train_set.classes)
+    train_set = balanced_subset(train_set, args.train_per_class)
+    test_set = balanced_subset(test_set, args.test_per_class)
     loaders = [DataLoader(s, batch_size=512, num_workers=1) for s in (train_set, test_set)]
 
     torch.manual_seed(0)
@@ -154,6 +171,8 @@ def main() -> None:
         "mae": evaluate("mae", pretrained, *loaders, num_classes, args.probe_epochs),
         "random_init": evaluate("random_init", random_init, *loaders, num_classes, args.probe_epochs),
         "probe_epochs": args.probe_epochs,
+        "train_images": len(train_set),
+        "test_images": len(test_set),
     }
     Path(args.output).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
