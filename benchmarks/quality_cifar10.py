@@ -36,8 +36,8 @@ from mae_lightning.optim import LARS, warmup_cosine_lr
 CONFIG = Path(__file__).with_name("quality_cifar10.yaml")
 
 
-def encoder_from_config(num_classes: int = 0) -> VisionTransformer:
-    """The benchmark's encoder as a classifier with cls-token features, at the MAE initialisation."""
+def encoder_from_config(num_classes: int = 0, pool: str = "cls") -> VisionTransformer:
+    """The benchmark's encoder at the MAE initialisation: cls-token features, or the mean patch token (``fc_norm``)."""
     config = yaml.safe_load(CONFIG.read_text())
     arch = config["model"]["init_args"]["model"]["init_args"]
     data = config["data"]["init_args"]
@@ -49,7 +49,7 @@ def encoder_from_config(num_classes: int = 0) -> VisionTransformer:
         depth=arch["depth"],
         num_heads=arch["num_heads"],
         num_classes=num_classes,
-        global_pool=False,
+        global_pool=pool == "mean",
     )
 
 
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="CIFAR-10 JPEG root with train/ and test/")
     parser.add_argument("--checkpoint", required=True, help="the pretraining checkpoint (last.ckpt)")
     parser.add_argument("--probe_epochs", type=int, default=30)
+    parser.add_argument("--pool", choices=("cls", "mean"), default="cls", help="features: cls token or mean token")
     parser.add_argument("--train_per_class", type=int, default=None, help="balanced subset of the training split")
     parser.add_argument("--test_per_class", type=int, default=None, help="balanced subset of the test split")
     parser.add_argument("--output", default="quality_cifar10.json")
@@ -162,8 +163,8 @@ def main() -> None:
     loaders = [DataLoader(s, batch_size=512, num_workers=1) for s in (train_set, test_set)]
 
     torch.manual_seed(0)
-    random_init = encoder_from_config()
-    pretrained = encoder_from_config()
+    random_init = encoder_from_config(pool=args.pool)
+    pretrained = encoder_from_config(pool=args.pool)
     load_pretrained_encoder(pretrained, args.checkpoint)
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     results = {
@@ -171,6 +172,7 @@ def main() -> None:
         "mae": evaluate("mae", pretrained, *loaders, num_classes, args.probe_epochs),
         "random_init": evaluate("random_init", random_init, *loaders, num_classes, args.probe_epochs),
         "probe_epochs": args.probe_epochs,
+        "pool": args.pool,
         "train_images": len(train_set),
         "test_images": len(test_set),
     }
