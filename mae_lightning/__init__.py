@@ -1,5 +1,7 @@
 """Masked Autoencoder pretraining with PyTorch Lightning."""
 
+from mae_lightning.callbacks import EmbeddingWriter, KNNMonitor, ReconstructionCallback
+from mae_lightning.classify import FineTune, ImageClassification, LinearProbe
 from mae_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -8,7 +10,7 @@ from mae_lightning.data import (
     MAEDataModule,
     STL10DataModule,
 )
-from mae_lightning.models import MaskedAutoencoder
+from mae_lightning.models import MaskedAutoencoder, VisionTransformer
 from mae_lightning.pretrain import MAEPretraining
 
 __version__ = "0.1.0"
@@ -17,9 +19,16 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DigitsDataModule",
+    "EmbeddingWriter",
+    "FineTune",
+    "ImageClassification",
     "ImageFolderDataModule",
+    "KNNMonitor",
+    "LinearProbe",
     "MAEDataModule",
     "MAEPretraining",
     "MaskedAutoencoder",
+    "ReconstructionCallback",
     "STL10DataModule",
+    "VisionTransformer",
 ]

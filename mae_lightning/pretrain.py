@@ -177,13 +177,14 @@ class MAEPretraining(LightningModule):
         return trainer.max_steps / steps_per_epoch
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         imgs = batch[0]
         forward_train = getattr(self, "_forward_train", self.model.forward_train)
-        loss, _ = forward_train(imgs, self.mask_ratio)
+        loss, latent = forward_train(imgs, self.mask_ratio)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
         self._images_since_log += imgs.shape[0]
-        return loss
+        # The encoded visible tokens go to the callbacks (the online probe of KNNMonitor) at no extra cost.
+        return {"loss": loss, "latent": latent.detach()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Host-side numbers only (python floats): no device synchronisation on the hot path.
@@ -197,24 +198,23 @@ class MAEPretraining(LightningModule):
             self._images_since_log = 0
             self._last_log_time = now
 
-    def validation_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self._fixed_mask_loss(batch[0], batch_idx)
+    def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        loss, latent = self._fixed_mask_loss(batch[0], batch_idx)
         self.log("val/loss", loss, sync_dist=True, prog_bar=True, batch_size=batch[0].shape[0])
-        return loss
+        return {"loss": loss, "latent": latent}
 
-    def test_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self._fixed_mask_loss(batch[0], batch_idx)
+    def test_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        loss, latent = self._fixed_mask_loss(batch[0], batch_idx)
         self.log("test/loss", loss, sync_dist=True, batch_size=batch[0].shape[0])
-        return loss
+        return {"loss": loss, "latent": latent}
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Unmasked image embeddings (cls token and mean of the patch tokens) with the targets."""
         tokens = self.model.forward_features(batch[0])
         return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(dim=1), "target": batch[1]}
 
-    def _fixed_mask_loss(self, imgs: Tensor, batch_idx: int) -> Tensor:
+    def _fixed_mask_loss(self, imgs: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
         # The same masks every epoch, so the loss measures the model and not the draw.
         generator = torch.Generator(device=imgs.device).manual_seed(self.val_mask_seed + batch_idx)
         noise = torch.rand(imgs.shape[0], self.model.num_patches, device=imgs.device, generator=generator)
-        loss, _, _ = self.model(imgs, self.mask_ratio, noise)
-        return loss
+        return self.model.forward_train(imgs, self.mask_ratio, noise)

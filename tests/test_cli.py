@@ -43,6 +43,7 @@ FAST = [
 TOP_LEVEL = sorted(CONFIGS.glob("*.yaml"))  # fit --config <file>
 MODEL_PRESETS = sorted(CONFIGS.glob("model/*.yaml"))  # --model.init_args.model <file>
 FRAGMENTS = sorted(CONFIGS.glob("logger/*.yaml")) + sorted(CONFIGS.glob("presets/*.yaml"))  # second --config
+EVALUATION = sorted(CONFIGS.glob("linprobe/*.yaml")) + sorted(CONFIGS.glob("finetune/*.yaml"))  # fit --config <file>
 
 
 def _rel(path: Path) -> str:
@@ -74,6 +75,11 @@ def assert_contains(printed, fragment, where: str = "") -> None:
         for key, value in fragment.items():
             assert key in printed, f"{where}.{key} is missing from the resolved config"
             assert_contains(printed[key], value, f"{where}.{key}")
+    elif isinstance(fragment, list) and fragment and isinstance(fragment[0], dict):
+        # jsonargparse merges lists of classes item by item: unset values of an item keep their defaults
+        assert isinstance(printed, list) and len(printed) == len(fragment), f"{where}: {printed!r} vs {fragment!r}"
+        for i, (printed_item, fragment_item) in enumerate(zip(printed, fragment, strict=True)):
+            assert_contains(printed_item, fragment_item, f"{where}[{i}]")
     else:
         assert printed == fragment, f"{where}: resolved {printed!r}, the YAML says {fragment!r}"
 
@@ -100,9 +106,9 @@ def config_error(capsys: pytest.CaptureFixture, *args: str) -> str:
 def test_every_config_belongs_to_a_group():
     """A new YAML in configs/ must be covered by one of the parse tests below (or this test is updated)."""
     found = {p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml")}
-    grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(FRAGMENTS)
+    grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(FRAGMENTS) | set(EVALUATION)
     assert sorted(map(_rel, found - grouped)) == [], "YAML files that no test in tests/test_cli.py parses"
-    assert TOP_LEVEL and MODEL_PRESETS and FRAGMENTS
+    assert TOP_LEVEL and MODEL_PRESETS and FRAGMENTS and EVALUATION
 
 
 @pytest.mark.parametrize("path", TOP_LEVEL, ids=_rel)
@@ -111,6 +117,15 @@ def test_top_level_config_parses(path: Path, capsys):
     assert config["model"]["class_path"] == "mae_lightning.MAEPretraining"
     assert config["model"]["init_args"]["model"]["class_path"] == "mae_lightning.MaskedAutoencoder"
     assert config["data"]["class_path"].startswith("mae_lightning.")
+    assert config["data"]["class_path"].endswith("DataModule")
+
+
+@pytest.mark.parametrize("path", EVALUATION, ids=_rel)
+def test_evaluation_config_parses(path: Path, capsys):
+    config = print_config(capsys, "--config", str(path))
+    kind = "LinearProbe" if path.parent.name == "linprobe" else "FineTune"
+    assert config["model"]["class_path"] == f"mae_lightning.{kind}"
+    assert config["model"]["init_args"]["model"]["class_path"] == "mae_lightning.VisionTransformer"
     assert config["data"]["class_path"].endswith("DataModule")
 
 

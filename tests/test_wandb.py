@@ -193,8 +193,8 @@ def _isolated_env(tmp_path: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("WANDB_")}
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    # An unroutable server as well: were the namespace ever bypassed, a connection attempt would still hang.
-    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_BASE_URL="http://10.255.255.1")
+    # A closed loopback port as the server: were the namespace ever bypassed, nothing leaves the machine.
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_BASE_URL="http://127.0.0.1:9")
     env.update(WANDB_SILENT="true", WANDB_X_DISABLE_STATS="true")
     return env
 
@@ -248,3 +248,37 @@ def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_ru
     assert len(runs[0]) == 1 and len(runs[1]) == 2
     run_ids = {name.rsplit("-", 1)[1] for name in runs[1]}
     assert len(run_ids) == 1, runs  # the resumed run continues the W&B run of the first one
+
+
+def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home: Path):
+    save_dir = wandb_home / "logs"
+    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
+    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *FAST]
+    # The quickstart draws reconstructions every 5 epochs: 5 short epochs.
+    argv += ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "2"]
+    try:
+        cli = main(argv)
+        assert cli.trainer.state.finished
+    finally:
+        wandb.finish()
+        wandb.teardown()
+    run = next((save_dir / "wandb").glob("offline-run-*"))
+    records = list(wandb_records(next(run.glob("run-*.wandb"))))
+    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    keys = {_key(item) for h in history for item in h.item}
+    assert {"val/knn_top1", "val/online_linear_top1", "val/recon_psnr_masked", "val/recon_ssim_masked"} <= keys
+    # an image list is recorded as nested keys: val/reconstruction/{_type,count,captions,filenames,...}
+    image = {
+        _key(item).removeprefix("val/reconstruction/"): json.loads(item.value_json)
+        for h in history
+        for item in h.item
+        if _key(item).startswith("val/reconstruction/")
+    }
+    assert image["_type"] == "images/separated" and image["count"] == 1
+    assert "reconstruction" in image["captions"][0]
+    pngs = list((run / "files" / "media" / "images").rglob("*.png"))
+    assert len(pngs) == 1
+    from PIL import Image
+
+    # 8 rows of 4 panels of 16x16 with 2-pixel padding
+    assert Image.open(pngs[0]).size == (2 + 4 * 18, 2 + 8 * 18)

@@ -19,7 +19,13 @@ from mae_lightning.data.tensor_decode import (
     normalize_uint8,
     pretrain_transform_uint8,
 )
-from mae_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, pretrain_transform
+from mae_lightning.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    finetune_transform,
+    pretrain_transform,
+)
 
 
 class MAEDataModule(LightningDataModule):
@@ -46,6 +52,10 @@ class MAEDataModule(LightningDataModule):
             Stored in checkpoints, so a resumed run reads the same images in the same order.
         max_bad_image_fraction: share of unreadable image files (empty, truncated, not images)
             that are skipped with a warning; past it the run stops. In [0, 1].
+        augmentation: ``"pretrain"`` (crop + flip, MAE pretraining and linear probing) or ``"finetune"``
+            (crop + flip + RandAugment + random erasing, the fine-tuning recipe).
+        rand_augment: RandAugment (num_ops, magnitude) of the ``"finetune"`` augmentation.
+        random_erasing: probability of RandomErasing in the ``"finetune"`` augmentation.
     """
 
     default_mean: tuple[float, ...] = IMAGENET_MEAN
@@ -66,6 +76,9 @@ class MAEDataModule(LightningDataModule):
         std: tuple[float, ...] | None = None,
         seed: int | None = None,
         max_bad_image_fraction: float = 0.01,
+        augmentation: str = "pretrain",
+        rand_augment: tuple[int, int] = (2, 9),
+        random_erasing: float = 0.25,
     ) -> None:
         super().__init__()
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -94,9 +107,18 @@ class MAEDataModule(LightningDataModule):
         self.crop_scale = tuple(crop_scale)
         self.horizontal_flip = horizontal_flip
         self.eval_crop_ratio = eval_crop_ratio
-        self.train_transform = pretrain_transform(
-            self.img_size, in_chans, self.mean, self.std, self.crop_scale, horizontal_flip
-        )
+        if augmentation == "pretrain":
+            self.train_transform = pretrain_transform(
+                self.img_size, in_chans, self.mean, self.std, self.crop_scale, horizontal_flip
+            )
+        elif augmentation == "finetune":
+            if not 0 <= random_erasing <= 1:
+                raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing}")
+            self.train_transform = finetune_transform(
+                self.img_size, in_chans, self.mean, self.std, self.crop_scale, tuple(rand_augment), random_erasing
+            )
+        else:
+            raise ValueError(f"augmentation must be 'pretrain' or 'finetune', got {augmentation!r}")
         self.eval_transform = eval_transform(self.img_size, in_chans, self.mean, self.std, eval_crop_ratio)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

@@ -68,3 +68,32 @@ def eval_transform(
             T.Normalize(mean, std),
         ]
     )
+
+
+def finetune_transform(
+    img_size: tuple[int, int],
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    rand_augment: tuple[int, int] = (2, 9),
+    random_erasing: float = 0.25,
+) -> T.Compose:
+    """The fine-tuning augmentation of the official recipe (timm ``rand-m9-mstd0.5-inc1``, ``reprob 0.25``).
+
+    RandomResizedCrop + flip, RandAugment (``num_ops``, ``magnitude``; torchvision's, without timm's
+    magnitude noise), normalise, then RandomErasing with per-pixel normal noise (timm's ``pixel`` mode).
+    MixUp/CutMix act on batches and live in the fine-tuning module.
+    """
+    num_ops, magnitude = rand_augment
+    steps = [
+        ToChannels(in_chans),
+        T.RandomResizedCrop(img_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+    ]
+    if num_ops > 0:
+        steps.append(T.RandAugment(num_ops, magnitude, interpolation=T.InterpolationMode.BICUBIC))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    if random_erasing > 0:
+        steps.append(T.RandomErasing(p=random_erasing, value="random"))
+    return T.Compose(steps)

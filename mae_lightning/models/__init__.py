@@ -1,5 +1,6 @@
 """Plain PyTorch models: no Lightning in here."""
 
+from mae_lightning.models.classifier import VisionTransformer, load_pretrained_encoder
 from mae_lightning.models.mae import MaskedAutoencoder
 from mae_lightning.models.presets import (
     mae_vit_base_patch16,
@@ -13,6 +14,8 @@ from mae_lightning.models.presets import (
 
 __all__ = [
     "MaskedAutoencoder",
+    "VisionTransformer",
+    "load_pretrained_encoder",
     "mae_vit_base_patch16",
     "mae_vit_huge_patch14",
     "mae_vit_large_patch16",

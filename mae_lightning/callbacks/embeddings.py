@@ -1,0 +1,64 @@
+"""Write what ``predict`` computes (embeddings, logits, targets, file paths) to one file that numpy and torch read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class EmbeddingWriter(BasePredictionWriter):
+    """Save ``predict_step``'s dictionaries as one ``.npz`` (``numpy.load``) or ``.pt`` (``torch.load``) file.
+
+    Every tensor of the dictionaries becomes an array with one row per image, in dataset order
+    (``cls`` / ``mean`` embeddings of a pretraining checkpoint, ``embedding`` / ``logits`` of a
+    classifier, ``target``), plus ``index`` (the dataset index) and, for image files, ``path``.
+    Under DDP each process writes its part with its rank in the name (``embeddings.rank1.npz``).
+
+    Args:
+        path: output file; the suffix (``.npz`` or ``.pt``) picks the format.
+    """
+
+    def __init__(self, path: str = "embeddings.npz") -> None:
+        super().__init__(write_interval="epoch")
+        self.path = Path(path)
+        if self.path.suffix not in (".npz", ".pt"):
+            raise ValueError(f"path must end in .npz or .pt, got {path!r}")
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices) -> None:
+        # One dataloader: a flat list of batches; several: a list per dataloader (only the first is written).
+        if predictions and isinstance(predictions[0], list):
+            predictions = predictions[0]
+        # Lightning nests the indices per dataloader even when the predictions are flat.
+        if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+            batch_indices = batch_indices[0]
+        if not predictions:
+            return
+        columns = {key: torch.cat([p[key].detach().float().cpu() for p in predictions]) for key in predictions[0]}
+        if "target" in columns:
+            columns["target"] = columns["target"].long()
+        total = len(next(iter(columns.values())))
+        if batch_indices and all(batch_indices):
+            index = torch.tensor([i for batch in batch_indices for i in batch], dtype=torch.long)
+        else:
+            index = torch.arange(total, dtype=torch.long)
+        columns["index"] = index
+        dataset = getattr(trainer.predict_dataloaders, "dataset", None)
+        samples = getattr(dataset, "samples", None)
+        paths = None
+        if samples is not None and len(samples) >= total:
+            paths = [str(s[0] if isinstance(s, tuple) else s) for s in (samples[i] for i in index.tolist())]
+        path = self.path
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".npz":
+            arrays = {key: value.numpy() for key, value in columns.items()}
+            if paths is not None:
+                arrays["path"] = np.asarray(paths)
+            np.savez(path, **arrays)
+        else:
+            torch.save({**columns, **({"path": paths} if paths is not None else {})}, path)

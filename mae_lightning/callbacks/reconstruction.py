@@ -1,0 +1,203 @@
+"""Pictures of what the masked autoencoder reconstructs, with PSNR and SSIM of the hidden regions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchvision.utils import make_grid
+
+from mae_lightning.models.mae import MaskedAutoencoder
+
+COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+GRID_PADDING = 2
+MASK_GRAY = 0.5
+
+
+def fixed_mask_noise(num_images: int, num_patches: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
+    """The (num_images, num_patches) noise that fixes the masks of the shown images (the same every epoch)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(num_images, num_patches, generator=generator).to(device)
+
+
+@torch.no_grad()
+def reconstruction_panels(
+    model: MaskedAutoencoder,
+    imgs: Tensor,
+    mask_ratio: float,
+    noise: Tensor,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> dict[str, Tensor]:
+    """Original, masked, reconstructed and pasted images in pixel space (0..1), and the pixel mask.
+
+    With ``norm_pix_loss`` the model predicts every patch normalised by its own mean and variance;
+    the prediction is mapped back with the *target* patch's statistics, as the official demo does
+    (so the colour level of a hidden patch comes from the real image, not from the model).
+
+    Args:
+        model: the masked autoencoder.
+        imgs: (N, C, H, W) images normalised as in training.
+        mask_ratio: share of patches hidden.
+        noise: (N, L) noise fixing the masks.
+        mean: per-channel normalisation mean of the data (None: images are already in 0..1).
+        std: per-channel normalisation std of the data.
+
+    Returns:
+        ``original``, ``masked``, ``reconstruction``, ``pasted``: (N, C, H, W) in [0, 1];
+        ``mask``: (N, 1, H, W), 1 on hidden pixels.
+    """
+    _, pred, mask = model(imgs, mask_ratio, noise)
+    pred = pred.float()
+    if model.norm_pix_loss:
+        target = model.patchify(imgs.float())
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    reconstruction = model.unpatchify(pred)
+    pixel_mask = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]).float())[:, :1]
+    pasted = imgs * (1 - pixel_mask) + reconstruction * pixel_mask
+
+    def to_pixels(x: Tensor) -> Tensor:
+        if mean is not None and std is not None:
+            x = x * torch.tensor(std, device=x.device).view(1, -1, 1, 1) + torch.tensor(mean, device=x.device).view(
+                1, -1, 1, 1
+            )
+        return x.clamp(0.0, 1.0)
+
+    original = to_pixels(imgs.float())
+    return {
+        "original": original,
+        "masked": original * (1 - pixel_mask) + MASK_GRAY * pixel_mask,
+        "reconstruction": to_pixels(reconstruction),
+        "pasted": to_pixels(pasted),
+        "mask": pixel_mask,
+    }
+
+
+def masked_region_quality(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """PSNR of the hidden pixels and SSIM averaged over the hidden pixels (data_range 1.0).
+
+    SSIM is computed on the pasted image (visible patches exact) and its per-pixel map is
+    averaged where the mask is 1; windows straddling a patch border see some visible pixels.
+    """
+    original, pasted, mask = panels["original"], panels["pasted"], panels["mask"].expand_as(panels["original"])
+    hidden = mask > 0.5
+    psnr = peak_signal_noise_ratio(pasted[hidden], original[hidden], data_range=1.0)
+    side = min(original.shape[-2:])
+    kernel = min(11, side if side % 2 else side - 1)
+    _, ssim_map = structural_similarity_index_measure(
+        pasted, original, data_range=1.0, kernel_size=kernel, sigma=1.5 * kernel / 11, return_full_image=True
+    )
+    return psnr, ssim_map[hidden].mean()
+
+
+def panel_grid(panels: dict[str, Tensor]) -> Tensor:
+    """One row per image: original | masked | reconstruction | reconstruction + visible -> (3, H', W') in [0, 1]."""
+    keys = ("original", "masked", "reconstruction", "pasted")
+    rows = torch.stack([panels[key] for key in keys], dim=1).flatten(0, 1)  # image-major, 4 per row
+    if rows.shape[1] not in (1, 3):
+        rows = rows[:, :3]  # show the first three bands of multi-band images
+    return make_grid(rows.cpu(), nrow=len(keys), padding=GRID_PADDING, pad_value=1.0)
+
+
+def to_uint8(grid: Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    array = (grid * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
+class ReconstructionCallback(Callback):
+    """Every N validation epochs: a grid of original | masked | reconstruction | reconstruction + visible patches.
+
+    The same validation images (the first ones of the first batch) and the same masks (``mask_seed``)
+    every time, so the grids show the model changing and nothing else. Logged as W&B images when the
+    logger is a WandbLogger, written as ``reconstructions/epoch=NNNN.png`` in the run's log folder
+    otherwise, with ``val/recon_psnr_masked`` and ``val/recon_ssim_masked`` logged. On ``predict``
+    the grid of the first batch is written as ``reconstructions/predict.png``. Runs on global rank 0
+    only and makes no collective call, so other processes never wait on it.
+
+    Args:
+        num_images: images shown (rows of the grid).
+        every_n_epochs: draw every this many validation epochs.
+        mask_seed: seed of the fixed masks.
+        dirpath: folder of the PNG files (default: ``<log_dir>/reconstructions``).
+    """
+
+    def __init__(
+        self, num_images: int = 8, every_n_epochs: int = 1, mask_seed: int = 0, dirpath: str | None = None
+    ) -> None:
+        if num_images < 1 or every_n_epochs < 1:
+            raise ValueError(f"num_images and every_n_epochs must be >= 1, got {num_images}, {every_n_epochs}")
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.mask_seed = mask_seed
+        self.dirpath = dirpath
+        self._images: Tensor | None = None
+
+    def _output_dir(self, trainer: Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
+
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, imgs: Tensor):
+        model = pl_module.model
+        noise = fixed_mask_noise(imgs.shape[0], model.num_patches, self.mask_seed, imgs.device)
+        datamodule = getattr(trainer, "datamodule", None)
+        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        panels = reconstruction_panels(model, imgs, pl_module.mask_ratio, noise, mean, std)
+        caption = " | ".join(COLUMNS) + f"; {int(round(pl_module.mask_ratio * 100))}% of the patches hidden"
+        if model.norm_pix_loss:
+            caption += "; predictions un-normalised with each target patch's mean and variance (norm_pix_loss)"
+        return panels, caption
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.is_global_zero and batch_idx == 0 and dataloader_idx == 0 and self._images is None:
+            self._images = batch[0][: self.num_images].detach().clone()
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or self._images is None:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        panels, caption = self._draw(trainer, pl_module, self._images.to(pl_module.device))
+        pl_module.train(was_training)
+        psnr, ssim = masked_region_quality(panels)
+        pl_module.log("val/recon_psnr_masked", psnr, rank_zero_only=True)
+        pl_module.log("val/recon_ssim_masked", ssim, rank_zero_only=True)
+        image = to_uint8(panel_grid(panels))
+        caption = f"epoch {trainer.current_epoch}: {caption}"
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        for logger in wandb_loggers:
+            logger.log_image("val/reconstruction", images=[image], caption=[caption], step=trainer.global_step)
+        if not wandb_loggers:
+            self._write(image, self._output_dir(trainer) / f"epoch={trainer.current_epoch:04d}.png", caption)
+
+    # ------------------------------------------------------------------ predict
+    def on_predict_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not trainer.is_global_zero or batch_idx != 0 or dataloader_idx != 0:
+            return
+        if not isinstance(getattr(pl_module, "model", None), MaskedAutoencoder):
+            return  # a classifier checkpoint: nothing to reconstruct
+        panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
+        self._write(to_uint8(panel_grid(panels)), self._output_dir(trainer) / "predict.png", caption)
+
+    @staticmethod
+    def _write(image: np.ndarray, path: Path, caption: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(image)
+        info = PngInfo()
+        info.add_text("Description", caption)
+        img.save(path, pnginfo=info)

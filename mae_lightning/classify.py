@@ -1,0 +1,297 @@
+"""LightningModules that measure a pretrained encoder: the paper's linear probe and fine-tuning protocols.
+
+Both train a :class:`~mae_lightning.models.VisionTransformer` started from a pretraining checkpoint
+(``pretrained``: this project's MAEPretraining ``.ckpt`` or an official ``.pth``), set the lr before
+every step from the fractional epoch (linear warmup, then cosine), scale it by the effective batch
+(``lr = base_lr * eff_batch / 256``) and report top-1 / top-5 accuracy with torchmetrics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+
+from mae_lightning.models.classifier import VisionTransformer, load_pretrained_encoder
+from mae_lightning.optim import LARS, param_groups_layer_decay, scaled_lr, warmup_cosine_lr
+
+
+class ImageClassification(LightningModule):
+    """Shared machinery of :class:`LinearProbe` and :class:`FineTune`: lr schedule, metrics, steps.
+
+    Args:
+        model: the classifier; its ``head`` decides the number of classes.
+        pretrained: pretraining checkpoint whose encoder weights are loaded (None: random initialisation).
+        base_lr: learning rate per 256 images of effective batch.
+        lr: absolute peak learning rate; overrides ``base_lr`` when set.
+        min_lr: learning rate at the end of the cosine.
+        weight_decay: weight decay of the weight matrices.
+        warmup_epochs: epochs of linear warmup.
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        pretrained: str | None = None,
+        base_lr: float = 1e-3,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.0,
+        warmup_epochs: float = 5,
+    ) -> None:
+        super().__init__()
+        for name, value in (("base_lr", base_lr), ("lr", lr)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
+            raise ValueError(
+                f"min_lr, warmup_epochs and weight_decay must be >= 0, got {min_lr}, {warmup_epochs}, {weight_decay}"
+            )
+        if model.num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1 to classify, got {model.num_classes}")
+        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["model"])
+        # The CLI links the geometry from `data`; record what was built (see MAEPretraining).
+        for hparams in (self.hparams, self._hparams_initial):
+            if isinstance(hparams.get("model"), dict):
+                geometry = {"img_size": list(model.img_size), "in_chans": model.in_chans}
+                hparams["model"].setdefault("init_args", {}).update(geometry)
+        if pretrained is not None:
+            load_pretrained_encoder(model, pretrained)
+        self.model = model
+        self.base_lr = base_lr
+        self.lr = lr
+        self.min_lr = min_lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.num_classes = model.num_classes
+        self.effective_batch_size: int | None = None
+        self.peak_lr: float | None = None
+        top5 = min(5, self.num_classes)
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MulticlassAccuracy(self.num_classes, top_k=k, average="micro")
+                for stage in ("val", "test")
+                for name, k in (("top1", 1), ("top5", top5))
+            }
+        )
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        """imgs (N, C, H, W) -> logits (N, num_classes)."""
+        return self.model(imgs)
+
+    # ------------------------------------------------------------------ schedule
+    def on_train_start(self) -> None:
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if not batch_size:
+            raise ValueError("the training DataLoader must have a fixed batch_size to scale the learning rate")
+        self.effective_batch_size = batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        self.peak_lr = self.lr if self.lr is not None else scaled_lr(self.base_lr, self.effective_batch_size)
+        rank_zero_info(f"Effective batch size {self.effective_batch_size}; peak lr {self.peak_lr:.3e}")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        trainer = self.trainer
+        epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
+        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, self._total_epochs())
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def _total_epochs(self) -> float:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            return float(trainer.max_epochs)
+        steps_per_epoch = max(trainer.num_training_batches, 1) / trainer.accumulate_grad_batches
+        return trainer.max_steps / steps_per_epoch
+
+    # ------------------------------------------------------------------ steps
+    def features(self, imgs: Tensor) -> Tensor:
+        """Pooled features before the head: (N, C, H, W) -> (N, D)."""
+        return self.model.forward_features(imgs)
+
+    def _evaluate(self, batch, stage: str) -> None:
+        imgs, targets = batch[0], batch[1]
+        logits = self(imgs)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), sync_dist=True, batch_size=imgs.shape[0])
+        for name in ("top1", "top5"):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(logits, targets)
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "top1", batch_size=imgs.shape[0])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """Features before the head (``embedding``), the ``logits`` and the ``target`` of each image."""
+        imgs = batch[0]
+        embedding = self.features(imgs)
+        return {"embedding": embedding, "logits": self.model.head(embedding), "target": batch[1]}
+
+
+class LinearProbe(ImageClassification):
+    """The paper's linear probe: frozen encoder, ``BatchNorm1d(affine=False)`` + linear head, LARS.
+
+    As the official ``main_linprobe.py``: the head becomes ``Sequential(BatchNorm1d(D, affine=False,
+    eps=1e-6), Linear)`` with weights drawn from N(0, 0.01) (truncated), every other parameter is
+    frozen, and LARS (momentum 0.9) trains the head with base lr 0.1, no weight decay, 10 warmup
+    epochs then cosine. Use ``global_pool: false`` in the model for the paper's cls-token features.
+
+    Args:
+        model: the classifier (its encoder is frozen).
+        pretrained: pretraining checkpoint to probe (None probes a randomly initialised encoder).
+        base_lr: learning rate per 256 images of effective batch.
+        lr: absolute peak learning rate; overrides ``base_lr`` when set.
+        min_lr: learning rate at the end of the cosine.
+        weight_decay: LARS weight decay of the head's weight matrix (the paper: 0).
+        warmup_epochs: epochs of linear warmup.
+        momentum: LARS momentum.
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        pretrained: str | None = None,
+        base_lr: float = 0.1,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.0,
+        warmup_epochs: float = 10,
+        momentum: float = 0.9,
+    ) -> None:
+        super().__init__(model, pretrained, base_lr, lr, min_lr, weight_decay, warmup_epochs)
+        self.momentum = momentum
+        linear = model.head
+        nn.init.trunc_normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
+        model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=1e-6), linear)
+        model.requires_grad_(False)
+        model.head.requires_grad_(True)
+
+    def features(self, imgs: Tensor) -> Tensor:
+        # The encoder is frozen: no graph through it, and eval mode (no drop path) whatever the trainer sets.
+        encoder_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            feats = self.model.forward_features(imgs)
+        self.model.train(encoder_training)
+        return feats
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        return self.model.head(self.features(imgs))
+
+    def configure_optimizers(self):
+        return LARS(
+            self.model.head.parameters(), lr=self.base_lr, weight_decay=self.weight_decay, momentum=self.momentum
+        )
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        imgs, targets = batch[0], batch[1]
+        loss = F.cross_entropy(self(imgs), targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+
+class FineTune(ImageClassification):
+    """The paper's end-to-end fine-tuning (official ``main_finetune.py``), or partial fine-tuning of the last blocks.
+
+    AdamW over layer-wise lr-decayed groups (see :func:`~mae_lightning.optim.param_groups_layer_decay`),
+    MixUp / CutMix (torchvision ``transforms.v2``, one of the two per batch at random, as timm's
+    ``switch_prob 0.5``) with label smoothing on the mixed targets, and a head initialised N(0, 2e-5).
+    Use the data's ``augmentation: finetune`` for RandAugment and random erasing, and the model's
+    ``drop_path_rate`` and ``global_pool`` for drop path and global average pooling with ``fc_norm``.
+
+    Args:
+        model: the classifier.
+        pretrained: pretraining checkpoint to start from (None trains from random initialisation).
+        base_lr: learning rate per 256 images of effective batch.
+        lr: absolute peak learning rate; overrides ``base_lr`` when set.
+        min_lr: learning rate at the end of the cosine.
+        weight_decay: AdamW weight decay (none on biases, norms, ``pos_embed`` and ``cls_token``).
+        warmup_epochs: epochs of linear warmup.
+        layer_decay: layer-wise lr decay (the official ViT-B recipe uses 0.65, ViT-L/H 0.75).
+        betas: AdamW betas.
+        mixup: MixUp alpha (0 disables it).
+        cutmix: CutMix alpha (0 disables it).
+        label_smoothing: label smoothing of the (mixed) targets.
+        trainable_blocks: fine-tune only the last k blocks (plus the final norm and head) and freeze
+            the rest, as the paper's partial fine-tuning (Fig. 9); None tunes every block.
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        pretrained: str | None = None,
+        base_lr: float = 1e-3,
+        lr: float | None = None,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 5,
+        layer_decay: float = 0.75,
+        betas: tuple[float, float] = (0.9, 0.999),
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        label_smoothing: float = 0.1,
+        trainable_blocks: int | None = None,
+    ) -> None:
+        super().__init__(model, pretrained, base_lr, lr, min_lr, weight_decay, warmup_epochs)
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        if mixup < 0 or cutmix < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(
+                f"mixup and cutmix must be >= 0 and label_smoothing in [0, 1), got {mixup}, {cutmix}, {label_smoothing}"
+            )
+        depth = len(model.blocks)
+        if trainable_blocks is not None and not 0 <= trainable_blocks <= depth:
+            raise ValueError(
+                f"trainable_blocks must be between 0 and the model's depth {depth}, got {trainable_blocks}"
+            )
+        self.layer_decay = layer_decay
+        self.betas = tuple(betas)
+        self.label_smoothing = label_smoothing
+        self.trainable_blocks = trainable_blocks
+        if isinstance(model.head, nn.Linear):
+            nn.init.trunc_normal_(model.head.weight, std=2e-5)
+            nn.init.zeros_(model.head.bias)
+        if trainable_blocks is not None:
+            frozen = [model.patch_embed, *model.blocks[: depth - trainable_blocks]]
+            for module in frozen:
+                module.requires_grad_(False)
+            model.cls_token.requires_grad_(False)
+            model.pos_embed.requires_grad_(False)
+        mixers = []
+        if mixup > 0:
+            mixers.append(v2.MixUp(alpha=mixup, num_classes=self.num_classes))
+        if cutmix > 0:
+            mixers.append(v2.CutMix(alpha=cutmix, num_classes=self.num_classes))
+        self.mix = v2.RandomChoice(mixers) if mixers else None
+
+    def configure_optimizers(self):
+        groups = param_groups_layer_decay(
+            self.model, self.weight_decay, self.layer_decay, no_weight_decay=self.model.no_weight_decay()
+        )
+        return torch.optim.AdamW(groups, lr=self.base_lr, betas=self.betas)
+
+    def soft_targets(self, targets: Tensor) -> Tensor:
+        """Label smoothing of (mixed) one-hot targets: ``(1 - eps) * y + eps / K``, as timm's mixup targets."""
+        return targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        imgs, targets = batch[0], batch[1]
+        if self.mix is not None:
+            imgs, soft = self.mix(imgs, targets)
+        else:
+            soft = F.one_hot(targets, self.num_classes).to(imgs.dtype)
+        logits = self(imgs)
+        loss = torch.sum(-self.soft_targets(soft) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        # The peak (unscaled) lr: the head's groups have lr_scale 1.
+        lr = max(group["lr"] for group in self.trainer.optimizers[0].param_groups)
+        self.log("lr", lr, on_step=True, on_epoch=False)
+        return loss

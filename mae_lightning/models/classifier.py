@@ -1,0 +1,161 @@
+"""The ViT classifier that linear probing and fine-tuning train, and loading a pretrained MAE encoder into it.
+
+The official ``models_vit.VisionTransformer`` (a timm ViT): the same parameter names as the MAE
+encoder (``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm``) plus ``fc_norm``
+(global pooling) and ``head``, so an encoder moves in by name and a timm ViT state dict loads too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
+from mae_lightning.ops import sincos_2d
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder with a classification head: cls token (after ``norm``) or mean of the patch tokens (``fc_norm``).
+
+    Args:
+        img_size: image side, or (height, width); multiples of ``patch_size``.
+        patch_size: side of a square patch in pixels.
+        in_chans: image channels.
+        num_classes: outputs of ``head``; 0 makes ``head`` the identity (features only).
+        embed_dim: width.
+        depth: transformer blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width relative to ``embed_dim``.
+        drop_path_rate: stochastic depth of the last block; block ``i`` gets ``rate * i / (depth - 1)``.
+        global_pool: classify the mean patch token through ``fc_norm`` (the paper's fine-tuning) instead of
+            the cls token through ``norm`` (its linear probe).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        global_pool: bool = True,
+    ) -> None:
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if embed_dim % 4:
+            raise ValueError(f"embed_dim must be divisible by 4 for the 2-D sin-cos table, got {embed_dim}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.global_pool = global_pool
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Trained here (as timm's ViT), and started from the pretraining's fixed sin-cos table.
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, rate) for rate in rates])
+        if global_pool:
+            self.fc_norm = LayerNorm(embed_dim)
+        else:
+            self.norm = LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    def _init_weights(self) -> None:
+        # The MAE initialisation, so that a randomly initialised classifier is the same network MAE starts from.
+        self.pos_embed.data.copy_(sincos_2d(self.embed_dim, self.patch_embed.grid_size, cls_token=True)[None])
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)  # the official fine-tuning's head init
+
+    def no_weight_decay(self) -> set[str]:
+        """Names left out of weight decay besides biases and norms, as timm's ViT."""
+        return {"pos_embed", "cls_token"}
+
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """Pooled features before the head: imgs (N, C, H, W) -> (N, D)."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]
+        x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:, :].mean(dim=1))
+        return self.norm(x)[:, 0]
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        """imgs (N, C, H, W) -> logits (N, num_classes)."""
+        return self.head(self.forward_features(imgs))
+
+
+# Keys of a MaskedAutoencoder that the classifier does not have.
+_DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The encoder weights of a pretraining checkpoint: this project's Lightning ``.ckpt`` or an official ``.pth``.
+
+    Lightning checkpoints of :class:`~mae_lightning.MAEPretraining` keep the model under ``state_dict``
+    with the prefix ``model.``; the official files keep it under ``model``. Decoder keys are dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" in checkpoint:  # Lightning
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    elif "model" in checkpoint:  # official MAE release
+        state = checkpoint["model"]
+    else:
+        state = checkpoint
+    return {k: v for k, v in state.items() if not k.startswith(_DECODER_PREFIXES)}
+
+
+def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> None:
+    """Load a pretrained MAE encoder into ``model``; the head (and ``fc_norm`` with global pooling) stay new.
+
+    Raises a ValueError naming the tensors when the checkpoint's architecture is not the model's
+    (a different width, depth, patch size or image size).
+    """
+    state = encoder_state_dict(path)
+    if model.global_pool:
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # replaced by fc_norm, as official
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    own = model.state_dict()
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise ValueError(f"pretrained checkpoint {str(path)!r} does not fit the model: {'; '.join(mismatched)}")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc_norm."))]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"pretrained checkpoint {str(path)!r} does not fit the model: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
