@@ -163,6 +163,9 @@ class MAEPretraining(LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         trainer = self.trainer
+        # As the official loop: once per optimizer step, at the first micro-batch it accumulates.
+        if batch_idx % trainer.accumulate_grad_batches:
+            return
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
         lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, self._total_epochs())
         for group in trainer.optimizers[0].param_groups:

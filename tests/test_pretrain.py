@@ -47,8 +47,8 @@ def test_lr_is_scaled_by_effective_batch_and_follows_warmup_cosine_per_step(tmp_
     assert module.effective_batch_size == 16 * 1 * 2
     peak = 1e-3 * 32 / 256
     assert module.peak_lr == pytest.approx(peak)
-    # 4 batches per epoch, an optimizer step every 2: the lr is set at the start of batches 1 and 3
-    expected = [warmup_cosine_lr(e, peak, 1e-5, 1, 2) for e in (0.25, 0.75, 1.25, 1.75)]
+    # 4 batches per epoch, an optimizer step every 2: the lr is set at the first micro-batch of each step
+    expected = [warmup_cosine_lr(e, peak, 1e-5, 1, 2) for e in (0.0, 0.5, 1.0, 1.5)]
     assert record.lrs == pytest.approx(expected)
     # every param group gets the same lr; weight decay stays per group
     groups = module.trainer.optimizers[0].param_groups
