@@ -158,7 +158,7 @@ def continue_wandb_run(config, checkpoint: Path) -> None:
     if not wandb_loggers:
         return
     # mmap: only the few bytes of the callback states are read, not the weights.
-    run_id = run_id_in_checkpoint(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False))
+    run_id = run_id_in_checkpoint(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True))
     if run_id:
         for logger in wandb_loggers:
             logger.init_args["id"] = run_id

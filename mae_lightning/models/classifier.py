@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
+from mae_lightning.models.weights import load_file, read_state_dict
 from mae_lightning.ops import sincos_2d
 
 
@@ -124,13 +125,10 @@ def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" in checkpoint:  # Lightning
-        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    elif "model" in checkpoint:  # official MAE release
-        state = checkpoint["model"]
-    else:
-        state = checkpoint
+    # Read with weights_only=True: a downloaded file never runs pickled code.
+    checkpoint = load_file(path)
+    lightning = isinstance(checkpoint, dict) and "state_dict" in checkpoint
+    state = read_state_dict(checkpoint, prefix="model." if lightning else None)
     return {k: v for k, v in state.items() if not k.startswith(_DECODER_PREFIXES)}
 
 
