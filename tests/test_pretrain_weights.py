@@ -152,7 +152,9 @@ def test_effective_batch_and_lr_are_logged_as_metrics_and_hyperparameters(tmp_pa
     assert len(rows) == 1
     assert int(float(rows[0]["effective_batch_size"])) == 32
     assert float(rows[0]["peak_lr"]) == pytest.approx(peak)
-    hparams = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
+    hparams = yaml.load(
+        (Path(logger.log_dir) / "hparams.yaml").read_text(), Loader=yaml.FullLoader
+    )  # tuples are tagged
     assert hparams["effective_batch_size"] == 32 and hparams["peak_lr"] == pytest.approx(peak)
 
 
