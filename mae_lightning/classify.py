@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
+from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.classifier import VisionTransformer, load_pretrained_encoder
-from mae_lightning.optim import LARS, param_groups_layer_decay, scaled_lr, warmup_cosine_lr
+from mae_lightning.optim import LARS, check_schedule, param_groups_layer_decay, scaled_lr, warmup_cosine_lr
 
 
 class ImageClassification(LightningModule):
@@ -45,21 +45,10 @@ class ImageClassification(LightningModule):
         warmup_epochs: float = 5,
     ) -> None:
         super().__init__()
-        for name, value in (("base_lr", base_lr), ("lr", lr)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
-            raise ValueError(
-                f"min_lr, warmup_epochs and weight_decay must be >= 0, got {min_lr}, {warmup_epochs}, {weight_decay}"
-            )
+        check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
         if model.num_classes < 1:
             raise ValueError(f"model.num_classes must be >= 1 to classify, got {model.num_classes}")
-        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["model"])
-        # The CLI links the geometry from `data`; record what was built (see MAEPretraining).
-        for hparams in (self.hparams, self._hparams_initial):
-            if isinstance(hparams.get("model"), dict):
-                geometry = {"img_size": list(model.img_size), "in_chans": model.in_chans}
-                hparams["model"].setdefault("init_args", {}).update(geometry)
+        save_module_hparams(self, model)
         if pretrained is not None:
             load_pretrained_encoder(model, pretrained)
         self.model = model

@@ -26,6 +26,17 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     ]
 
 
+def check_schedule(base_lr: float, lr: float | None, min_lr: float, warmup_epochs: float, weight_decay: float) -> None:
+    """Raise a ValueError naming the setting unless the learning-rate settings can make a schedule."""
+    for name, value in (("base_lr", base_lr), ("lr", lr)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
+        raise ValueError(
+            f"min_lr, warmup_epochs and weight_decay must be >= 0, got {min_lr}, {warmup_epochs}, {weight_decay}"
+        )
+
+
 def scaled_lr(base_lr: float, effective_batch_size: int) -> float:
     """The linear scaling rule of the paper: ``lr = base_lr * effective_batch_size / 256``."""
     return base_lr * effective_batch_size / 256

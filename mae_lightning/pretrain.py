@@ -6,13 +6,13 @@ import time
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
 from mae_lightning.models.weights import load_weights
-from mae_lightning.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+from mae_lightning.optim import check_schedule, param_groups_weight_decay, scaled_lr, warmup_cosine_lr
 
 
 class MAEPretraining(LightningModule):
@@ -60,24 +60,8 @@ class MAEPretraining(LightningModule):
     ) -> None:
         super().__init__()
         check_mask_ratio(mask_ratio, model.num_patches)
-        for name, value in (("base_lr", base_lr), ("lr", lr)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if min_lr < 0 or warmup_epochs < 0 or weight_decay < 0:
-            raise ValueError(
-                f"min_lr, warmup_epochs and weight_decay must be >= 0, got {min_lr}, {warmup_epochs}, {weight_decay}"
-            )
-        # Under LightningCLI the hyperparameters are the parsed config (the model as class_path +
-        # init_args), so a checkpoint rebuilds the whole module alone. A module built in Python
-        # keeps the other arguments; pass `model=` again to `load_from_checkpoint`.
-        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() is not None else ["model"])
-        # The CLI links img_size and in_chans from `data` and leaves link targets out of the saved
-        # config: record the geometry of the model actually built, or a reload would be 224px RGB
-        # (`hparams` goes into checkpoints, `_hparams_initial` to the loggers).
-        for hparams in (self.hparams, self._hparams_initial):
-            if isinstance(hparams.get("model"), dict):
-                geometry = {"img_size": list(model.img_size), "in_chans": model.in_chans}
-                hparams["model"].setdefault("init_args", {}).update(geometry)
+        check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
+        save_module_hparams(self, model)
         self.model = model
         self.mask_ratio = mask_ratio
         self.base_lr = base_lr
