@@ -13,6 +13,7 @@ from lightning.pytorch import Trainer
 from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MAEPretraining, VisionTransformer
 from mae_lightning.cli import main
 from mae_lightning.models import load_pretrained_encoder, mae_vit_tiny_patch4_32
+from mae_lightning.ops import sincos_2d
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -61,6 +62,22 @@ def test_pretrained_encoder_weights_are_loaded_by_name(tmp_path):
         load_pretrained_encoder(tiny_vit(embed_dim=16), ckpt)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_pretrained_encoder(tiny_vit(), tmp_path / "nowhere.ckpt")
+
+
+def test_encoder_pretrained_at_another_image_size_gets_a_recomputed_position_table(tmp_path):
+    ckpt = tiny_mae_checkpoint(tmp_path / "mae.ckpt")  # 16 px: a 4x4 grid
+    mae_state = torch.load(ckpt, weights_only=False)["state_dict"]
+    model = tiny_vit(img_size=(24, 32))  # a 6x8 grid
+    changes = load_pretrained_encoder(model, ckpt)
+    assert list(changes) == ["pos_embed"] and "6x8" in changes["pos_embed"] and "4x4" in changes["pos_embed"]
+    pos_embed = model.state_dict()["pos_embed"]
+    assert pos_embed.shape == (1, 1 + 6 * 8, 32)
+    torch.testing.assert_close(pos_embed[0, 0], mae_state["model.pos_embed"][0, 0])  # the cls row is kept
+    torch.testing.assert_close(pos_embed[0, 1:], sincos_2d(32, (6, 8)), rtol=0, atol=0)
+    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], mae_state["model.blocks.0.attn.qkv.weight"])
+    assert load_pretrained_encoder(tiny_vit(), ckpt) == {}  # same size: nothing to adapt
+    with pytest.raises(ValueError, match="patch_embed.proj.weight"):
+        load_pretrained_encoder(tiny_vit(patch_size=2), ckpt)  # another patch size cannot be adapted
 
 
 def test_linear_probe_trains_only_the_head_and_keeps_the_encoder(tmp_path):

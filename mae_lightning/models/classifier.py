@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
-from mae_lightning.models.weights import load_file, read_state_dict
+from mae_lightning.models.weights import adapt_position_tables, load_file, read_state_dict
 from mae_lightning.ops import sincos_2d
 
 
@@ -132,13 +133,24 @@ def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(_DECODER_PREFIXES)}
 
 
-def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> None:
+def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[str, str]:
     """Load a pretrained MAE encoder into ``model``; the head (and ``fc_norm`` with global pooling) stay new.
 
-    Raises a ValueError naming the tensors when the checkpoint's architecture is not the model's
-    (a different width, depth, patch size or image size).
+    An encoder pretrained at another image size fits: its sin-cos position table is recomputed for
+    the model's patch grid (a learned one is resized bicubically, as the official
+    ``interpolate_pos_embed``), and the change is returned and logged.
+
+    Returns:
+        key -> what was done to it, for the position tables that were adapted.
+
+    Raises:
+        ValueError: naming the tensors, when the checkpoint's architecture is not the model's (a
+            different width, depth or patch size).
     """
     state = encoder_state_dict(path)
+    changes = adapt_position_tables(state, model)
+    for key, change in changes.items():
+        rank_zero_info(f"{key} of {str(path)!r}: {change}")
     if model.global_pool:
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # replaced by fc_norm, as official
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -157,3 +169,4 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> None:
             f"pretrained checkpoint {str(path)!r} does not fit the model: missing {missing}, "
             f"unexpected {result.unexpected_keys}"
         )
+    return changes
