@@ -74,7 +74,8 @@ def test_encoder_pretrained_at_another_image_size_gets_a_recomputed_position_tab
     assert pos_embed.shape == (1, 1 + 6 * 8, 32)
     torch.testing.assert_close(pos_embed[0, 0], mae_state["model.pos_embed"][0, 0])  # the cls row is kept
     torch.testing.assert_close(pos_embed[0, 1:], sincos_2d(32, (6, 8)), rtol=0, atol=0)
-    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], mae_state["model.blocks.0.attn.qkv.weight"])
+    qkv = "blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(model.state_dict()[qkv], mae_state[f"model.{qkv}"])
     assert load_pretrained_encoder(tiny_vit(), ckpt) == {}  # same size: nothing to adapt
     with pytest.raises(ValueError, match="patch_embed.proj.weight"):
         load_pretrained_encoder(tiny_vit(patch_size=2), ckpt)  # another patch size cannot be adapted
