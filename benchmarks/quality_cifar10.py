@@ -26,14 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
-from torch import nn
 from torch.utils.data import DataLoader
 
 from mae_lightning import ImageFolderDataModule, MAEPretraining, MaskedAutoencoder
-from mae_lightning.callbacks.knn import knn_scores
-from mae_lightning.optim import LARS, warmup_cosine_lr
+from mae_lightning.feature_probes import knn_top1, linear_probe_top1
 
 CONFIG = Path(__file__).with_name("quality_cifar10.yaml")
 POOLS = ("cls", "mean")
@@ -53,53 +50,15 @@ def encode(model: MaskedAutoencoder, loader: DataLoader) -> tuple[dict[str, torc
     return {pool: torch.cat(f) for pool, f in feats.items()}, torch.cat(labels)
 
 
-def linear_probe(
-    train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
-    num_classes: int,
-    epochs: int,
-    batch_size: int,
-    base_lr: float = 0.1,
-    warmup_epochs: int = 10,
-    seed: int = 0,
-) -> float:
-    """The paper's probe head on cached features; returns test top-1."""
-    torch.manual_seed(seed)
-    x, y = train
-    linear = nn.Linear(x.shape[1], num_classes)
-    nn.init.trunc_normal_(linear.weight, std=0.01)
-    nn.init.zeros_(linear.bias)
-    head = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False, eps=1e-6), linear)
-    peak_lr = base_lr * batch_size / 256
-    opt = LARS(head.parameters(), lr=peak_lr, weight_decay=0.0)
-    steps = len(x) // batch_size
-    for epoch in range(epochs):
-        head.train()
-        order = torch.randperm(len(x))
-        for step in range(steps):
-            lr = warmup_cosine_lr(epoch + step / steps, peak_lr, 0.0, warmup_epochs, epochs)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            loss = F.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    head.eval()
-    with torch.no_grad():
-        return (head(test[0]).argmax(1) == test[1]).float().mean().item()
-
-
 def evaluate(features: dict, num_classes: int, probe_epochs: int, probe_batch_size: int) -> dict[str, dict]:
     """kNN and linear-probe top-1 for each pool of one encoder's cached features."""
     results = {}
     for pool in POOLS:
         train = (features["train"][0][pool], features["train"][1])
         test = (features["test"][0][pool], features["test"][1])
-        knn = knn_scores(test[0], train[0], train[1], num_classes, k=20, temperature=0.07)
         results[pool] = {
-            "knn_top1": round((knn.argmax(1) == test[1]).float().mean().item(), 4),
-            "linear_probe_top1": round(linear_probe(train, test, num_classes, probe_epochs, probe_batch_size), 4),
+            "knn_top1": round(knn_top1(train, test, num_classes, k=20, temperature=0.07), 4),
+            "linear_probe_top1": round(linear_probe_top1(train, test, num_classes, probe_epochs, probe_batch_size), 4),
         }
     return results
 
