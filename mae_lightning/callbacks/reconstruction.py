@@ -139,11 +139,15 @@ class ReconstructionCallback(Callback):
         self.mask_seed = mask_seed
         self.dirpath = dirpath
         self._images: Tensor | None = None
+        self._dir: Path | None = None
 
-    def _output_dir(self, trainer: Trainer) -> Path:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Resolved here, on every process: under DDP `trainer.log_dir` is a broadcast from rank zero,
+        # and a collective call made by rank zero alone (when drawing) would wait forever.
         if self.dirpath is not None:
-            return Path(self.dirpath)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
+            self._dir = Path(self.dirpath)
+        else:
+            self._dir = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule, imgs: Tensor):
         model = pl_module.model
@@ -181,7 +185,7 @@ class ReconstructionCallback(Callback):
         for logger in wandb_loggers:
             logger.log_image("val/reconstruction", images=[image], caption=[caption], step=trainer.global_step)
         if not wandb_loggers:
-            self._write(image, self._output_dir(trainer) / f"epoch={trainer.current_epoch:04d}.png", caption)
+            self._write(image, self._dir / f"epoch={trainer.current_epoch:04d}.png", caption)
 
     # ------------------------------------------------------------------ predict
     def on_predict_batch_end(
@@ -192,7 +196,7 @@ class ReconstructionCallback(Callback):
         if not isinstance(getattr(pl_module, "model", None), MaskedAutoencoder):
             return  # a classifier checkpoint: nothing to reconstruct
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
-        self._write(to_uint8(panel_grid(panels)), self._output_dir(trainer) / "predict.png", caption)
+        self._write(to_uint8(panel_grid(panels)), self._dir / "predict.png", caption)
 
     @staticmethod
     def _write(image: np.ndarray, path: Path, caption: str) -> None:
