@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
-from mae_lightning.models.weights import adapt_position_tables, load_file, read_state_dict
+from mae_lightning.models.weights import WeightsMismatchError, load_file, load_weights, read_state_dict
 from mae_lightning.ops import sincos_2d
 
 
@@ -144,29 +144,17 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[
         key -> what was done to it, for the position tables that were adapted.
 
     Raises:
-        ValueError: naming the tensors, when the checkpoint's architecture is not the model's (a
-            different width, depth or patch size).
+        WeightsMismatchError (a ValueError): naming the tensors, when the checkpoint's architecture is
+            not the model's (a different width, depth or patch size).
     """
     state = encoder_state_dict(path)
-    changes = adapt_position_tables(state, model)
-    for key, change in changes.items():
-        rank_zero_info(f"{key} of {str(path)!r}: {change}")
     if model.global_pool:
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # replaced by fc_norm, as official
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    own = model.state_dict()
-    mismatched = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise ValueError(f"pretrained checkpoint {str(path)!r} does not fit the model: {'; '.join(mismatched)}")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc_norm."))]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"pretrained checkpoint {str(path)!r} does not fit the model: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
-        )
-    return changes
+    try:
+        report = load_weights(model, state, strict=True, expected_missing=("head.*", "fc_norm.*"))
+    except WeightsMismatchError as err:
+        raise WeightsMismatchError(f"pretrained checkpoint {str(path)!r}: {err}") from None
+    for key, change in report.resized.items():
+        rank_zero_info(f"{key} of {str(path)!r}: {change}")
+    return report.resized
