@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from mae_lightning.hparams import save_module_hparams
-from mae_lightning.models.classifier import VisionTransformer, load_pretrained_encoder
+from mae_lightning.models.classifier import VisionTransformer, load_classifier, load_pretrained_encoder
 from mae_lightning.optim import LARS, check_schedule, param_groups_layer_decay, scaled_lr, warmup_cosine_lr
 
 
@@ -26,7 +26,10 @@ class ImageClassification(LightningModule):
 
     Args:
         model: the classifier; its ``head`` decides the number of classes.
-        pretrained: pretraining checkpoint whose encoder weights are loaded (None: random initialisation).
+        pretrained: checkpoint read when the Trainer sets the module up, once (None: random initialisation).
+            ``fit`` loads its encoder (the head stays new); ``validate``/``test``/``predict`` evaluate it as
+            published, head included (an official ``mae_finetuned_vit_*.pth``). A module restored from a
+            checkpoint (``ckpt_path``, ``load_from_checkpoint``) does not need the file.
         base_lr: learning rate per 256 images of effective batch.
         lr: absolute peak learning rate; overrides ``base_lr`` when set.
         min_lr: learning rate at the end of the cosine.
@@ -49,9 +52,11 @@ class ImageClassification(LightningModule):
         if model.num_classes < 1:
             raise ValueError(f"model.num_classes must be >= 1 to classify, got {model.num_classes}")
         save_module_hparams(self, model)
-        if pretrained is not None:
-            load_pretrained_encoder(model, pretrained)
         self.model = model
+        self.pretrained = pretrained
+        # Set once the weights are in the model: from `pretrained`, or by a checkpoint being restored.
+        self._weights_loaded = False
+        self._load_error: Exception | None = None
         self.base_lr = base_lr
         self.lr = lr
         self.min_lr = min_lr
@@ -72,6 +77,46 @@ class ImageClassification(LightningModule):
     def forward(self, imgs: Tensor) -> Tensor:
         """imgs (N, C, H, W) -> logits (N, num_classes)."""
         return self.model(imgs)
+
+    # ------------------------------------------------------------------ weights
+    def setup(self, stage: str) -> None:
+        # Before the strategy wraps or shards the model. Lightning restores a `ckpt_path` only after this
+        # hook and does not say beforehand whether it will (in 2.6 `trainer.ckpt_path` still holds the
+        # previous run's here), so a load error waits for the first loop: a restore makes the file moot.
+        self._load_error = None
+        if self.pretrained is None or self._weights_loaded:
+            return
+        try:
+            if stage == "fit":
+                load_pretrained_encoder(self.model, self.pretrained)
+            else:
+                load_classifier(self.model, self.pretrained)
+        except (OSError, ValueError) as err:
+            # Without its traceback: the frames would keep the file's tensors alive through the restore.
+            self._load_error = err.with_traceback(None)
+        else:
+            self._weights_loaded = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._weights_loaded = True
+        self._load_error = None
+
+    def _raise_load_error(self) -> None:
+        if self._load_error is not None:
+            raise self._load_error
+
+    # The first hooks of the loops: any `ckpt_path` is restored by then, whatever the strategy.
+    def on_train_epoch_start(self) -> None:
+        self._raise_load_error()
+
+    def on_validation_start(self) -> None:
+        self._raise_load_error()
+
+    def on_test_start(self) -> None:
+        self._raise_load_error()
+
+    def on_predict_start(self) -> None:
+        self._raise_load_error()
 
     # ------------------------------------------------------------------ schedule
     def on_train_start(self) -> None:

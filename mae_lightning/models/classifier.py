@@ -117,11 +117,11 @@ class VisionTransformer(nn.Module):
 _DECODER_PREFIXES = ("decoder_", "mask_token")
 
 
-def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The encoder weights of a pretraining checkpoint: this project's Lightning ``.ckpt`` or an official ``.pth``.
+def checkpoint_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The model weights of a checkpoint: this project's Lightning ``.ckpt`` or an official ``.pth``, keys bare.
 
-    Lightning checkpoints of :class:`~mae_lightning.MAEPretraining` keep the model under ``state_dict``
-    with the prefix ``model.``; the official files keep it under ``model``. Decoder keys are dropped.
+    Lightning checkpoints of this project's modules keep the model under ``state_dict`` with the prefix
+    ``model.``; the official files keep it under ``model``.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,16 +129,21 @@ def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
     # Read with weights_only=True: a downloaded file never runs pickled code.
     checkpoint = load_file(path)
     lightning = isinstance(checkpoint, dict) and "state_dict" in checkpoint
-    state = read_state_dict(checkpoint, prefix="model." if lightning else None)
-    return {k: v for k, v in state.items() if not k.startswith(_DECODER_PREFIXES)}
+    return read_state_dict(checkpoint, prefix="model." if lightning else None)
+
+
+def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The encoder weights of a pretraining checkpoint (see :func:`checkpoint_state_dict`); decoder keys dropped."""
+    return {k: v for k, v in checkpoint_state_dict(path).items() if not k.startswith(_DECODER_PREFIXES)}
 
 
 def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[str, str]:
     """Load a pretrained MAE encoder into ``model``; the head (and ``fc_norm`` with global pooling) stay new.
 
-    An encoder pretrained at another image size fits: its sin-cos position table is recomputed for
-    the model's patch grid (a learned one is resized bicubically, as the official
-    ``interpolate_pos_embed``), and the change is returned and logged.
+    A file with a head (an official fine-tuned ``.pth``, a fine-tuning checkpoint) gives its encoder
+    only, as a pretraining file does. An encoder pretrained at another image size fits: its sin-cos
+    position table is recomputed for the model's patch grid (a learned one is resized bicubically, as
+    the official ``interpolate_pos_embed``), and the change is returned and logged.
 
     Returns:
         key -> what was done to it, for the position tables that were adapted.
@@ -148,13 +153,41 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[
             not the model's (a different width, depth or patch size).
     """
     state = encoder_state_dict(path)
-    if model.global_pool:
-        state = {k: v for k, v in state.items() if not k.startswith("norm.")}  # replaced by fc_norm, as official
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    # The paper starts both from new: the head, and fc_norm which replaces the pretraining's final norm.
+    dropped = ("head.", "fc_norm.", "norm.") if model.global_pool else ("head.", "fc_norm.")
+    state = {k: v for k, v in state.items() if not k.startswith(dropped)}
     try:
         report = load_weights(model, state, strict=True, expected_missing=("head.*", "fc_norm.*"))
     except WeightsMismatchError as err:
         raise WeightsMismatchError(f"pretrained checkpoint {str(path)!r}: {err}") from None
     for key, change in report.resized.items():
         rank_zero_info(f"{key} of {str(path)!r}: {change}")
+    return report.resized
+
+
+def load_classifier(model: VisionTransformer, path: str | Path) -> dict[str, str]:
+    """Load a trained classifier into ``model`` as published: encoder, final norm and head.
+
+    For evaluating a file as it is: an official fine-tuned ``mae_finetuned_vit_*.pth`` (``fc_norm`` and
+    ``head``), an official linear probe's (``head.0`` BatchNorm statistics and ``head.1``, as
+    :class:`~mae_lightning.LinearProbe`'s head) or a checkpoint of this project's classifiers. Every key
+    of ``model`` must be in the file; a learned position table of another grid is resized bicubically.
+
+    Returns:
+        key -> what was done to it, for the position tables that were adapted.
+
+    Raises:
+        WeightsMismatchError (a ValueError): the file has no classification head, or does not fit ``model``.
+    """
+    state = checkpoint_state_dict(path)
+    if not any(key.startswith("head.") for key in state):
+        raise WeightsMismatchError(
+            f"pretrained checkpoint {str(path)!r} has no classification head (no head.* weights) to evaluate: "
+            "fine-tune or linear-probe it first, or pass the fine-tuned checkpoint with --ckpt_path"
+        )
+    try:
+        report = load_weights(model, state, strict=True)
+    except WeightsMismatchError as err:
+        raise WeightsMismatchError(f"pretrained checkpoint {str(path)!r}: {err}") from None
+    rank_zero_info(f"pretrained checkpoint {str(path)!r}, evaluated as published: {report.message()}")
     return report.resized
