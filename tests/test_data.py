@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from mae_lightning.data import Digits, DigitsDataModule, ImageFolderDataModule
 from mae_lightning.data.transforms import ToChannels, eval_transform, pretrain_transform
@@ -298,3 +299,58 @@ def test_tensor_decode_path_gives_the_same_batches_as_pil_up_to_resampling(image
 def test_tensor_decode_rejects_unknown_modes(imagenet_style_root):
     with pytest.raises(ValueError, match="decode must be 'pil' or 'tensor', got 'gpu'"):
         ImageFolderDataModule(root=imagenet_style_root, decode="gpu")
+
+
+def _first_train_batch(root, **kwargs) -> torch.Tensor:
+    """The first training batch of a tensor-decoding DataModule, as it is after the transfer to the device."""
+    args = dict(root=root, img_size=32, batch_size=4, num_workers=0, decode="tensor", seed=0)
+    dm = ImageFolderDataModule(**{**args, **kwargs})
+    dm.setup("fit")
+    imgs, targets = next(iter(dm.train_dataloader()))
+    return dm.on_after_batch_transfer((imgs, targets), 0)[0]
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_tensor_decode_finetune_batches_are_augmented_normalised_floats(imagenet_style_root, in_chans):
+    dm = ImageFolderDataModule(root=imagenet_style_root, decode="tensor", augmentation="finetune", in_chans=in_chans)
+    steps = {type(step): step for step in dm.train_transform.transforms}
+    assert {v2.RandomResizedCrop, v2.RandAugment, v2.Normalize, v2.RandomErasing} <= set(steps)
+    assert steps[v2.RandomErasing].p == 0.25 and steps[v2.RandomErasing].value is None  # None: value="random"
+    assert steps[v2.RandomResizedCrop].interpolation == v2.InterpolationMode.BICUBIC
+
+    dm = ImageFolderDataModule(
+        root=imagenet_style_root, img_size=32, batch_size=4, num_workers=0, decode="tensor", in_chans=in_chans,
+        augmentation="finetune", seed=0,
+    )  # fmt: skip
+    dm.setup("fit")
+    imgs, targets = next(iter(dm.train_dataloader()))
+    assert imgs.dtype == torch.float32 and imgs.shape == (4, in_chans, 32, 32)
+    assert imgs.min() < 0  # normalised in the workers: no uint8 crossed
+    assert dm.on_after_batch_transfer((imgs, targets), 0)[0] is imgs  # and not normalised twice
+    finetune = _first_train_batch(imagenet_style_root, in_chans=in_chans, augmentation="finetune")
+    torch.testing.assert_close(finetune, imgs, rtol=0, atol=0)  # the same data seed, the same batch
+    assert not torch.equal(
+        finetune, _first_train_batch(imagenet_style_root, in_chans=in_chans, augmentation="finetune", seed=1)
+    )
+    pretrain = _first_train_batch(imagenet_style_root, in_chans=in_chans)
+    assert pretrain.shape == finetune.shape and (pretrain - finetune).abs().mean() > 0.1
+
+
+def test_tensor_decode_finetune_random_erasing_replaces_a_rectangle(imagenet_style_root):
+    kept = _first_train_batch(imagenet_style_root, augmentation="finetune", random_erasing=0.0)
+    # Erasing is the last step: with the same per-sample seeds everything before it is the same.
+    erased = _first_train_batch(imagenet_style_root, augmentation="finetune", random_erasing=1.0)
+    for before, after in zip(kept, erased, strict=True):
+        changed = (before != after).all(dim=0)
+        rows, cols = changed.any(dim=1).nonzero()[:, 0], changed.any(dim=0).nonzero()[:, 0]
+        assert len(rows) and len(cols)
+        box = torch.zeros_like(changed)
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+        assert torch.equal(changed, box)  # one filled rectangle, and nothing outside it moved
+        assert torch.equal(before[:, ~box], after[:, ~box])
+        assert 0.5 < after[:, box].std() < 1.5  # per-pixel N(0, 1) noise in normalised units, not a constant
+
+
+def test_finetune_augmentation_rejects_four_channels_for_randaugment(imagenet_style_root):
+    with pytest.raises(ValueError, match="RandAugment.*1 or 3 channels, got in_chans=4"):
+        ImageFolderDataModule(root=imagenet_style_root, decode="tensor", augmentation="finetune", in_chans=4)

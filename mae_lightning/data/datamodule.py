@@ -16,6 +16,7 @@ from mae_lightning.data.resumable import PerSampleSeeds, ResumableDataLoader, Re
 from mae_lightning.data.tensor_decode import (
     ReadImageUint8,
     eval_transform_uint8,
+    finetune_transform_uint8,
     normalize_uint8,
     pretrain_transform_uint8,
 )
@@ -114,11 +115,19 @@ class MAEDataModule(LightningDataModule):
         elif augmentation == "finetune":
             if not 0 <= random_erasing <= 1:
                 raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing}")
+            if rand_augment[0] > 0 and in_chans not in (1, 3):
+                raise ValueError(
+                    f"RandAugment's colour operations take 1 or 3 channels, got in_chans={in_chans}; "
+                    "set rand_augment: [0, 0] to fine-tune without it"
+                )
             self.train_transform = finetune_transform(
                 self.img_size, in_chans, self.mean, self.std, self.crop_scale, tuple(rand_augment), random_erasing
             )
         else:
             raise ValueError(f"augmentation must be 'pretrain' or 'finetune', got {augmentation!r}")
+        self.augmentation = augmentation
+        self.rand_augment = tuple(rand_augment)
+        self.random_erasing = random_erasing
         self.eval_transform = eval_transform(self.img_size, in_chans, self.mean, self.std, eval_crop_ratio)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -243,7 +252,9 @@ class ImageFolderDataModule(MAEDataModule):
         decode: ``"pil"`` decodes, augments and normalises in the DataLoader workers; ``"tensor"``
             decodes with torchvision.io and augments uint8 tensors in the workers, and converts
             to normalised floats on the training device (less CPU per image, a quarter of the
-            bytes to copy: the path for fast GPUs; see benchmarks/RESULTS.md).
+            bytes to copy: the path for fast GPUs; see benchmarks/RESULTS.md). With
+            ``augmentation: finetune`` the workers also normalise, for random erasing's noise, and
+            the training batches cross as floats.
         **kwargs: the :class:`MAEDataModule` arguments.
     """
 
@@ -262,8 +273,15 @@ class ImageFolderDataModule(MAEDataModule):
         self.loader = load_image
         if decode == "tensor":
             self.loader = ReadImageUint8(self.in_chans)
-            self.train_transform = pretrain_transform_uint8(self.img_size, self.crop_scale, self.horizontal_flip)
+            self.train_transform = self._train_transform_uint8()
             self.eval_transform = eval_transform_uint8(self.img_size, self.eval_crop_ratio)
+
+    def _train_transform_uint8(self) -> Callable:
+        if self.augmentation == "finetune":
+            return finetune_transform_uint8(
+                self.img_size, self.mean, self.std, self.crop_scale, self.rand_augment, self.random_erasing
+            )
+        return pretrain_transform_uint8(self.img_size, self.crop_scale, self.horizontal_flip)
 
     def build_dataset(self, split: str, transform: Callable) -> Dataset | None:
         split_root = self.root / (self.train_dir if split == "train" else self.val_dir)
@@ -274,9 +292,9 @@ class ImageFolderDataModule(MAEDataModule):
         return SkipUnreadable(_folder_dataset(split_root, transform, self.loader), self.max_bad_image_fraction)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.decode == "tensor":
-            imgs, targets = batch
-            return normalize_uint8(imgs, self.mean, self.std), targets
+        # Fine-tuning batches come normalised from the workers; the others cross as uint8.
+        if batch[0].dtype == torch.uint8:
+            return (normalize_uint8(batch[0], self.mean, self.std), *batch[1:])
         return batch
 
 

@@ -5,6 +5,10 @@ decode with torchvision.io (libjpeg-turbo) and crop and flip uint8 tensors; the 
 to the device as uint8 (a quarter of the bytes of float32) and becomes normalised floats
 there (:func:`normalize_uint8`, run by the DataModule's ``on_after_batch_transfer``).
 
+The fine-tuning augmentation is the exception: its random erasing fills with normal noise in
+normalised units, so :func:`finetune_transform_uint8` normalises in the workers and its batches
+cross as floats.
+
 torchvision 0.29 marks its decoders as superseded by TorchCodec; they remain in the 0.29 line
 this project pins, and this module is the one place to change when moving to TorchCodec.
 """
@@ -45,6 +49,35 @@ def pretrain_transform_uint8(
     steps = [v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=v2.InterpolationMode.BICUBIC)]
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def finetune_transform_uint8(
+    img_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    rand_augment: tuple[int, int] = (2, 9),
+    random_erasing: float = 0.25,
+) -> v2.Compose:
+    """The steps of :func:`~mae_lightning.data.transforms.finetune_transform`, from a uint8 tensor to normalised floats.
+
+    RandomResizedCrop (bicubic) + flip and RandAugment on uint8, then float in [0, 1], Normalize and
+    RandomErasing with per-pixel normal noise. torchvision warps tensors with nearest or bilinear
+    sampling only, so RandAugment's shears, translations and rotations are bilinear here (bicubic on PIL).
+
+    (C, H, W) uint8 -> (C, *img_size) float32; C is 1 or 3 (RandAugment's colour operations need it).
+    """
+    num_ops, magnitude = rand_augment
+    steps = [
+        v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=v2.InterpolationMode.BICUBIC),
+        v2.RandomHorizontalFlip(),
+    ]
+    if num_ops > 0:
+        steps.append(v2.RandAugment(num_ops, magnitude, interpolation=v2.InterpolationMode.BILINEAR))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
     return v2.Compose(steps)
 
 
