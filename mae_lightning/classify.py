@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -18,7 +19,17 @@ from torchvision.transforms import v2
 
 from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.classifier import VisionTransformer, load_classifier, load_pretrained_encoder
-from mae_lightning.optim import LARS, check_schedule, param_groups_layer_decay, scaled_lr, warmup_cosine_lr
+from mae_lightning.optim import (
+    LARS,
+    check_schedule,
+    check_warmup,
+    param_groups_layer_decay,
+    parameter_shapes,
+    scaled_lr,
+    set_lr,
+    trainer_run_length,
+    warmup_cosine_lr,
+)
 
 
 class ImageClassification(LightningModule):
@@ -65,6 +76,7 @@ class ImageClassification(LightningModule):
         self.num_classes = model.num_classes
         self.effective_batch_size: int | None = None
         self.peak_lr: float | None = None
+        self._param_shapes: dict | None = None
         top5 = min(5, self.num_classes)
         self.metrics = nn.ModuleDict(
             {
@@ -126,20 +138,20 @@ class ImageClassification(LightningModule):
         self.effective_batch_size = batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
         self.peak_lr = self.lr if self.lr is not None else scaled_lr(self.base_lr, self.effective_batch_size)
         rank_zero_info(f"Effective batch size {self.effective_batch_size}; peak lr {self.peak_lr:.3e}")
+        check_warmup(self.warmup_epochs, trainer_run_length(self.trainer))
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         trainer = self.trainer
+        # As the official loop: once per optimizer step, at the first micro-batch it accumulates.
+        if batch_idx % trainer.accumulate_grad_batches:
+            return
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
-        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, self._total_epochs())
-        for group in trainer.optimizers[0].param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, trainer_run_length(trainer).epochs)
+        set_lr(trainer.optimizers[0], lr)
 
-    def _total_epochs(self) -> float:
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            return float(trainer.max_epochs)
-        steps_per_epoch = max(trainer.num_training_batches, 1) / trainer.accumulate_grad_batches
-        return trainer.max_steps / steps_per_epoch
+    def configure_model(self) -> None:
+        # Before any strategy wraps or shards the model: the optimizer groups are decided from these shapes.
+        self._param_shapes = parameter_shapes(self.model)
 
     # ------------------------------------------------------------------ steps
     def features(self, imgs: Tensor) -> Tensor:
@@ -219,6 +231,14 @@ class LinearProbe(ImageClassification):
     def forward(self, imgs: Tensor) -> Tensor:
         return self.model.head(self.features(imgs))
 
+    def configure_model(self) -> None:
+        super().configure_model()
+        if isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+            raise ValueError(
+                "LinearProbe trains only its head, with LARS, whose trust ratio needs whole tensors, not shards: "
+                "run it with `trainer.strategy: ddp` (the frozen encoder needs no sharding)"
+            )
+
     def configure_optimizers(self):
         return LARS(
             self.model.head.parameters(), lr=self.base_lr, weight_decay=self.weight_decay, momentum=self.momentum
@@ -227,7 +247,9 @@ class LinearProbe(ImageClassification):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs, targets = batch[0], batch[1]
         loss = F.cross_entropy(self(imgs), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        # Per step this process's loss (no synchronisation); per epoch the mean over every process.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -308,7 +330,11 @@ class FineTune(ImageClassification):
 
     def configure_optimizers(self):
         groups = param_groups_layer_decay(
-            self.model, self.weight_decay, self.layer_decay, no_weight_decay=self.model.no_weight_decay()
+            self.model,
+            self.weight_decay,
+            self.layer_decay,
+            no_weight_decay=self.model.no_weight_decay(),
+            shapes=self._param_shapes,
         )
         return torch.optim.AdamW(groups, lr=self.base_lr, betas=self.betas)
 
@@ -324,7 +350,9 @@ class FineTune(ImageClassification):
             soft = F.one_hot(targets, self.num_classes).to(imgs.dtype)
         logits = self(imgs)
         loss = torch.sum(-self.soft_targets(soft) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        # Per step this process's loss (no synchronisation); per epoch the mean over every process.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
         # The peak (unscaled) lr: the head's groups have lr_scale 1.
         lr = max(group["lr"] for group in self.trainer.optimizers[0].param_groups)
         self.log("lr", lr, on_step=True, on_epoch=False)

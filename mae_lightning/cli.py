@@ -50,6 +50,32 @@ class WandbNotReadyError(ConfigError):
     """An online W&B run was asked for without the API key it needs to start."""
 
 
+class MAETrainer(Trainer):
+    """Lightning's Trainer, with ``limit_{train,val,test,predict}_batches`` written as an integer read as a count.
+
+    Lightning annotates these ``float | int``; a parser that tries ``float`` first turns ``1`` into ``1.0``,
+    which Lightning reads as 100% of the batches. Annotated ``int | float`` here, ``1`` means one batch and
+    ``1.0`` (or ``0.25``) a share, as Lightning documents.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
+
+
 class LoggedConfigCallback(SaveConfigCallback):
     """Save ``config.yaml`` in the run directory and send the same resolved config to the logger."""
 
@@ -197,6 +223,7 @@ def main(args: list[str] | None = None) -> MAECLI:
         return MAECLI(
             LightningModule,
             LightningDataModule,
+            trainer_class=MAETrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=LoggedConfigCallback,
@@ -204,13 +231,15 @@ def main(args: list[str] | None = None) -> MAECLI:
             # Always on: exact resume (random state, W&B run), a checkpoint on SIGTERM, a stop on a NaN loss,
             # the count of skipped image files.
             trainer_defaults={
+                # Every file a run writes (logs, checkpoints, saved config, pictures) goes under its folder.
+                "default_root_dir": "runs",
                 "callbacks": [
                     RNGStateCheckpoint(),
                     KeepWandbRunId(),
                     CheckpointOnPreemption(),
                     StopOnNonFiniteLoss(),
                     LogSkippedImages(),
-                ]
+                ],
             },
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False, "prog": "python -m mae_lightning"},

@@ -8,6 +8,7 @@ an official ``decoder_pred`` layer predicts the same pixels here.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -86,6 +87,21 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     """x: (N, L, D), ids: (N, K) -> (N, K, D), row ``ids[n, k]`` of sample n."""
     # expand (a view) instead of repeat (a copy): gather reads the index without materialising it.
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def per_sample_noise(sample_ids: Tensor, num_patches: int, seed: int) -> Tensor:
+    """Masking noise that depends on each sample's id alone, not on its batch, process or device.
+
+    sample_ids: (N,) integers (for example the position in the validation set) -> (N, L) uniform noise on
+    the CPU, row ``i`` drawn from a generator seeded with ``(seed, sample_ids[i])``. Fixed masks built
+    from it are the same for any batch size and any number of processes.
+    """
+    rows = []
+    for sample_id in sample_ids.tolist():
+        state = np.random.SeedSequence([seed, sample_id]).generate_state(2, dtype=np.uint32)
+        generator = torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))
+        rows.append(torch.rand(num_patches, generator=generator))
+    return torch.stack(rows) if rows else torch.empty(0, num_patches)
 
 
 def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

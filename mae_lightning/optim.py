@@ -4,22 +4,64 @@ decay (fine-tuning) and LARS (linear probing)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+# Name parts that wrappers insert: FSDP units, activation checkpointing, torch.compile of a submodule.
+_WRAPPER_NAME_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+
+def unwrapped_name(name: str) -> str:
+    """The name in the plain model: ``blocks.0._fsdp_wrapped_module.norm1.weight`` -> ``blocks.0.norm1.weight``."""
+    for part in _WRAPPER_NAME_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def parameter_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    """Name -> shape of every parameter, read before a strategy wraps or shards the model.
+
+    Under FSDP every parameter the optimizer sees is a 1-D shard (or empty on some ranks), so any
+    decision made from ``param.ndim`` there (weight decay, layer decay) must use these shapes.
+    """
+    return {unwrapped_name(name): param.shape for name, param in model.named_parameters()}
+
+
+def _named_dims(model: nn.Module, shapes: Mapping[str, torch.Size] | None) -> Iterator[tuple[str, int, nn.Parameter]]:
+    """(unwrapped name, number of dimensions of the whole tensor, parameter) for every trainable parameter."""
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        name = unwrapped_name(name)
+        if shapes is None:
+            yield name, param.ndim, param
+        elif name not in shapes:
+            raise KeyError(f"parameter {name!r} has no recorded shape: record the shapes after the model is built")
+        else:
+            yield name, len(shapes[name]), param
+
+
+def param_groups_weight_decay(
+    model: nn.Module, weight_decay: float, shapes: Mapping[str, torch.Size] | None = None
+) -> list[dict]:
     """Two AdamW groups: decay on weight matrices, none on biases and norm weights (1-D tensors).
 
     This is timm's ``add_weight_decay`` that the official pretraining script uses: frozen
     tensors (the sin-cos tables) are left out, and the cls and mask tokens are decayed.
+
+    Args:
+        model: the model, plain or wrapped by a strategy.
+        weight_decay: decay of the weight matrices.
+        shapes: :func:`parameter_shapes` of the model before it was wrapped (None: the parameters' own
+            shapes, right for an unsharded model).
     """
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    for name, ndim, param in _named_dims(model, shapes):
+        (no_decay if ndim <= 1 or name.endswith(".bias") else decay).append(param)
     return [
         {"params": no_decay, "weight_decay": 0.0},
         {"params": decay, "weight_decay": weight_decay},
@@ -53,6 +95,61 @@ def warmup_cosine_lr(epoch: float, peak_lr: float, min_lr: float, warmup_epochs:
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+@dataclass(frozen=True)
+class RunLength:
+    """How long a run trains: in (fractional) epochs and in optimizer steps."""
+
+    epochs: float
+    steps: int
+    steps_per_epoch: int
+
+
+def run_length(
+    num_batches: int, accumulate_grad_batches: int, max_epochs: int | None, max_steps: int = -1
+) -> RunLength:
+    """The length every schedule of a run is drawn over: the first of ``max_epochs`` and ``max_steps`` to end it.
+
+    Lightning stops at whichever limit comes first, so a schedule stretched over ``max_epochs`` would never
+    finish in a run cut short by ``max_steps`` (and the reverse). ``max_steps`` counts optimizer steps: with
+    gradient accumulation an epoch of ``num_batches`` batches makes ``ceil(num_batches / accumulate)`` of them.
+
+    Args:
+        num_batches: training batches per epoch (after ``limit_train_batches``).
+        accumulate_grad_batches: batches accumulated into one optimizer step.
+        max_epochs: the trainer's epoch limit (None or -1: none).
+        max_steps: the trainer's optimizer-step limit (-1: none).
+    """
+    steps_per_epoch = max(math.ceil(num_batches / accumulate_grad_batches), 1)
+    by_epochs = max_epochs if max_epochs is not None and max_epochs >= 0 else math.inf
+    by_steps = max_steps / steps_per_epoch if max_steps is not None and max_steps >= 0 else math.inf
+    epochs = min(by_epochs, by_steps)
+    if math.isinf(epochs):
+        raise ValueError("the learning-rate schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
+    return RunLength(epochs=float(epochs), steps=math.ceil(epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch)
+
+
+def trainer_run_length(trainer) -> RunLength:
+    """:func:`run_length` of a Lightning ``Trainer`` that is fitting."""
+    return run_length(
+        trainer.num_training_batches, trainer.accumulate_grad_batches, trainer.max_epochs, trainer.max_steps
+    )
+
+
+def check_warmup(warmup_epochs: float, length: RunLength) -> None:
+    """Warn (rank zero) when the warmup is as long as the run: the lr would never reach its peak nor decay."""
+    if warmup_epochs >= length.epochs:
+        rank_zero_warn(
+            f"warmup_epochs={warmup_epochs} is not shorter than the run ({length.epochs:.3g} epochs = "
+            f"{length.steps} optimizer steps): the learning rate never reaches its peak and never decays"
+        )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Give every parameter group ``lr`` times its ``lr_scale`` (1 when it has none; layer decay sets it)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def layer_id_for_vit(name: str, num_layers: int) -> int:
     """Depth of a ViT parameter for layer-wise lr decay (the official ``util/lr_decay.get_layer_id_for_vit``).
 
@@ -71,6 +168,7 @@ def param_groups_layer_decay(
     weight_decay: float = 0.05,
     layer_decay: float = 0.75,
     no_weight_decay: set[str] | frozenset[str] = frozenset(),
+    shapes: Mapping[str, torch.Size] | None = None,
 ) -> list[dict]:
     """Parameter groups with layer-wise lr decay, as the official ``util/lr_decay.param_groups_lrd``.
 
@@ -85,15 +183,14 @@ def param_groups_layer_decay(
         weight_decay: decay of the weight matrices.
         layer_decay: ratio of the lr of a layer to that of the layer above it (1.0 disables the decay).
         no_weight_decay: parameter names without weight decay besides the 1-D ones (``pos_embed``, ``cls_token``).
+        shapes: :func:`parameter_shapes` of the model before it was wrapped (None: the parameters' own shapes).
     """
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     num_layers = len(model.blocks) + 1
     groups: dict[str, dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim == 1 or name in no_weight_decay
+    for name, ndim, param in _named_dims(model, shapes):
+        no_decay = ndim == 1 or name in no_weight_decay
         layer_id = layer_id_for_vit(name, num_layers)
         key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
         if key not in groups:

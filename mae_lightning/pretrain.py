@@ -12,7 +12,17 @@ from torch import Tensor
 from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
 from mae_lightning.models.weights import load_weights
-from mae_lightning.optim import check_schedule, param_groups_weight_decay, scaled_lr, warmup_cosine_lr
+from mae_lightning.ops import per_sample_noise
+from mae_lightning.optim import (
+    check_schedule,
+    check_warmup,
+    param_groups_weight_decay,
+    parameter_shapes,
+    scaled_lr,
+    set_lr,
+    trainer_run_length,
+    warmup_cosine_lr,
+)
 
 
 class MAEPretraining(LightningModule):
@@ -20,7 +30,11 @@ class MAEPretraining(LightningModule):
 
     The learning rate is set before every step from the fractional epoch, as the official
     ``lr_sched.adjust_learning_rate``; so the schedule is defined in epochs and stays the same
-    when the number of devices changes between runs.
+    when the number of devices changes between runs. It ends where the run ends: at
+    ``max_epochs`` or at ``max_steps``, whichever comes first (:func:`~mae_lightning.optim.run_length`).
+
+    Validation masks are drawn per sample from ``(val_mask_seed, position of the sample in the
+    validation set)``, so ``val/loss`` does not change with the batch size or the number of processes.
 
     Args:
         model: the masked autoencoder to train.
@@ -32,7 +46,7 @@ class MAEPretraining(LightningModule):
         weight_decay: AdamW weight decay on weight matrices (none on biases and norms).
         betas: AdamW betas; the paper uses (0.9, 0.95).
         warmup_epochs: epochs of linear warmup from 0 to the peak learning rate.
-        val_mask_seed: seed of the validation masks, so that ``val/loss`` is comparable across epochs.
+        val_mask_seed: seed of the validation masks, so that ``val/loss`` is comparable across epochs and runs.
         fused_adamw: use PyTorch's fused AdamW kernel (same update, one pass over memory); set
             false for parameter types it does not support.
         init_weights: weights to start from (continued pretraining): an official ``*_full.pth``, an
@@ -80,6 +94,8 @@ class MAEPretraining(LightningModule):
         self.effective_batch_size: int | None = None
         self.peak_lr: float | None = None
         self._resumed_from: dict | None = None
+        self._param_shapes: dict | None = None
+        self._eval_samples_seen = 0
         self._images_since_log = 0
         self._last_log_time = 0.0
 
@@ -98,6 +114,8 @@ class MAEPretraining(LightningModule):
             self._weights_initialised = True
 
     def configure_model(self) -> None:
+        # Before any strategy wraps or shards the model: the weight-decay groups are decided from these shapes.
+        self._param_shapes = parameter_shapes(self.model)
         # nn.Module.compile() compiles in place, so state_dict keys keep their names (no `_orig_mod.`).
         if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
             self.model.compile()
@@ -106,7 +124,7 @@ class MAEPretraining(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        groups = param_groups_weight_decay(self.model, self.weight_decay)
+        groups = param_groups_weight_decay(self.model, self.weight_decay, self._param_shapes)
         # The lr given here is replaced before the first step (see on_train_batch_start). The fused
         # kernel does the whole update in one pass over memory: 2-3x faster than the default
         # foreach on CPU (benchmarks/RESULTS.md), and the fastest choice on CUDA too.
@@ -135,6 +153,7 @@ class MAEPretraining(LightningModule):
                 f"with {previous.get('effective_batch_size')}: the peak lr changes from {previous.get('peak_lr'):.3e} "
                 f"to {self.peak_lr:.3e}. Set `model.init_args.lr` to keep the old value."
             )
+        check_warmup(self.warmup_epochs, trainer_run_length(self.trainer))
         self._images_since_log = 0
         self._last_log_time = time.perf_counter()
 
@@ -151,24 +170,18 @@ class MAEPretraining(LightningModule):
         if batch_idx % trainer.accumulate_grad_batches:
             return
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
-        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, self._total_epochs())
-        for group in trainer.optimizers[0].param_groups:
-            group["lr"] = lr
-
-    def _total_epochs(self) -> float:
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            return float(trainer.max_epochs)
-        # Training bounded by max_steps only: convert the step budget into epochs.
-        steps_per_epoch = max(trainer.num_training_batches, 1) / trainer.accumulate_grad_batches
-        return trainer.max_steps / steps_per_epoch
+        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, trainer_run_length(trainer).epochs)
+        set_lr(trainer.optimizers[0], lr)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         imgs = batch[0]
         forward_train = getattr(self, "_forward_train", self.model.forward_train)
         loss, latent = forward_train(imgs, self.mask_ratio)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=imgs.shape[0])
+        # Per step: this process's loss (no synchronisation on the hot path). Per epoch: the mean over
+        # every process, reduced once at the end of the epoch.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
         self._images_since_log += imgs.shape[0]
         # The encoded visible tokens go to the callbacks (the online probe of KNNMonitor) at no extra cost.
         return {"loss": loss, "latent": latent.detach()}
@@ -185,23 +198,42 @@ class MAEPretraining(LightningModule):
             self._images_since_log = 0
             self._last_log_time = now
 
+    def on_validation_epoch_start(self) -> None:
+        self._eval_samples_seen = 0
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_samples_seen = 0
+
     def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, latent = self._fixed_mask_loss(batch[0], batch_idx)
+        loss, latent = self._fixed_mask_loss(batch[0])
         self.log("val/loss", loss, sync_dist=True, prog_bar=True, batch_size=batch[0].shape[0])
         return {"loss": loss, "latent": latent}
 
     def test_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, latent = self._fixed_mask_loss(batch[0], batch_idx)
+        loss, latent = self._fixed_mask_loss(batch[0])
         self.log("test/loss", loss, sync_dist=True, batch_size=batch[0].shape[0])
         return {"loss": loss, "latent": latent}
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Unmasked image embeddings (cls token and mean of the patch tokens) with the targets."""
-        tokens = self.model.forward_features(batch[0])
+        tokens = self.forward_features(batch[0])
         return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(dim=1), "target": batch[1]}
 
-    def _fixed_mask_loss(self, imgs: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
-        # The same masks every epoch, so the loss measures the model and not the draw.
-        generator = torch.Generator(device=imgs.device).manual_seed(self.val_mask_seed + batch_idx)
-        noise = torch.rand(imgs.shape[0], self.model.num_patches, device=imgs.device, generator=generator)
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """The encoder on every patch, no masking: imgs (N, C, H, W) -> tokens (N, 1 + L, D).
+
+        The monitors call it through the strategy's wrapper (see ``callbacks/strategy_forward.py``), so
+        under FSDP every process takes part and the sharded weights are gathered as in a training step.
+        """
+        return self.model.forward_features(imgs)
+
+    def _fixed_mask_loss(self, imgs: Tensor) -> tuple[Tensor, Tensor]:
+        # The same masks every epoch and for any batch size or process count, so the loss measures the
+        # model and not the draw. The evaluation loaders do not shuffle, and with N processes Lightning's
+        # DistributedSampler deals the samples round-robin: the k-th sample of rank r is number k * N + r.
+        trainer = self._trainer  # None when called outside a Trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        positions = torch.arange(self._eval_samples_seen, self._eval_samples_seen + imgs.shape[0]) * world + rank
+        self._eval_samples_seen += imgs.shape[0]
+        noise = per_sample_noise(positions, self.model.num_patches, self.val_mask_seed).to(imgs.device)
         return self.model.forward_train(imgs, self.mask_ratio, noise)

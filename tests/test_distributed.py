@@ -1,24 +1,61 @@
-"""Two real DDP processes on CPU (gloo) train exactly like one process with the doubled batch."""
+"""Real multi-process runs on CPU (gloo): DDP, and Lightning's FSDP let onto the CPU (``cli_plugins.CPUFSDPStrategy``).
+
+Two processes train like one with the doubled batch; every rank draws its own masks and resumes its own
+random state; FSDP keeps the recipe's weight-decay and layer-decay groups; the monitors and ``predict``
+run under DDP and FSDP; ``val/loss`` does not depend on the number of processes.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).resolve().parent / "ddp_run.py"
+TESTS = Path(__file__).resolve().parent
+SCRIPT = TESTS / "ddp_run.py"
 BATCH, STEPS, BASE_LR = 4, 3, 2e-2
 
 
-def run(devices: int, batch_size: int, out: Path) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def clean_env() -> dict[str, str]:
+    """The environment of a fresh multi-process start: the project and tests/ importable, one thread per process."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(TESTS), os.environ.get("PYTHONPATH")])),
+    }
+    env["OMP_NUM_THREADS"] = "1"  # the processes share the cores
     for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
         env.pop(name, None)  # a clean start, whatever launched pytest
+    return env
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m mae_lightning <args>`` in ``cwd``; a collective call on one rank only hangs until the timeout."""
+    command = [sys.executable, "-m", "mae_lightning", *args]
+    result = subprocess.run(command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_losses(path: Path) -> dict[int, str]:
+    """step -> exact loss text of a ``cli_plugins.PerRankLosses`` file."""
+    return {int(step): loss for step, loss in (line.split() for line in path.read_text().splitlines())}
+
+
+def metrics(log_dir: Path) -> list[dict[str, str]]:
+    with open(log_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run(devices: int, batch_size: int, out: Path) -> list[dict]:
+    env = clean_env()
     command = [sys.executable, str(SCRIPT), "--devices", str(devices), "--batch-size", str(batch_size)]
     command += ["--steps", str(STEPS), "--out", str(out)]
     result = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
@@ -68,57 +105,86 @@ def test_two_process_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
     assert sorted(set(single["state_dict"]) - set(moved)) == ["decoder_pos_embed", "pos_embed"]
 
 
-MONITORED_RUN = """
+def tiny_run(data: str, trainer: str, model_args: str = "warmup_epochs: 0") -> str:
+    """A run config: a 2-block MAE on 16 px images, the given data and trainer sections (YAML text)."""
+    return f"""
 seed_everything: 0
 model:
   class_path: mae_lightning.MAEPretraining
   init_args:
     model:
       class_path: mae_lightning.MaskedAutoencoder
-      init_args: {patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2,
-                  decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 2}
-    warmup_epochs: 0
+      init_args: {{patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2,
+                  decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 2}}
+    {model_args}
 data:
-  class_path: mae_lightning.DigitsDataModule
-  init_args: {img_size: 16, batch_size: 32, num_workers: 0}
+{data}
 trainer:
   accelerator: cpu
   devices: 2
-  strategy: ddp
-  max_epochs: 2
-  limit_train_batches: 2
   enable_progress_bar: false
   enable_model_summary: false
-  logger:
-    class_path: lightning.pytorch.loggers.CSVLogger
-    init_args: {save_dir: logs, name: ddp}
-  callbacks:
-    - class_path: mae_lightning.KNNMonitor
-      init_args: {num_classes: 10}
-    - class_path: mae_lightning.ReconstructionCallback
-      init_args: {every_n_epochs: 1}
+{trainer}
 """
 
 
-@pytest.mark.slow
-def test_monitors_under_two_process_ddp_gather_all_images_and_draw_once(tmp_path):
-    import csv
+DIGITS = """  class_path: mae_lightning.DigitsDataModule
+  init_args: {img_size: 16, batch_size: 32, num_workers: 0}"""
 
+MONITORS = """    - class_path: mae_lightning.KNNMonitor
+      init_args: {num_classes: 10}
+    - class_path: mae_lightning.ReconstructionCallback
+      init_args: {every_n_epochs: 1}"""
+
+DDP = "  strategy: ddp"
+# One FSDP unit and one activation-checkpointing region per Block, full-state-dict checkpoints: presets/fsdp.yaml.
+FSDP = """  strategy:
+    class_path: cli_plugins.CPUFSDPStrategy
+    init_args:
+      auto_wrap_policy: [mae_lightning.models.vit.Block]
+      activation_checkpointing_policy: [mae_lightning.models.vit.Block]
+      state_dict_type: full"""
+
+
+def monitored_run(strategy: str) -> str:
+    trainer = f"""{strategy}
+  max_epochs: 2
+  limit_train_batches: 2
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: logs, name: run}}
+  callbacks:
+{MONITORS}
+    - class_path: cli_plugins.OptimizerGroupSizes
+      init_args: {{dirpath: groups}}"""
+    # fused AdamW has no CPU kernel for FSDP's flat shards in every torch version: the plain one is the same update.
+    return tiny_run(DIGITS, trainer, "warmup_epochs: 0\n    fused_adamw: false")
+
+
+def summed_groups(folder: Path, world_size: int) -> dict[tuple[float, float], int]:
+    """(weight decay, lr scale) -> parameter elements over all ranks, from OptimizerGroupSizes' files."""
+    total: dict[tuple[float, float], int] = {}
+    for rank in range(world_size):
+        for group in json.loads((folder / f"groups_rank{rank}.json").read_text()):
+            key = (group["weight_decay"], group["lr_scale"])
+            total[key] = total.get(key, 0) + group["numel"]
+    return {key: value for key, value in total.items() if value}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_monitors_and_recipe_under_two_processes(tmp_path, strategy):
+    """The monitors finish every epoch under DDP and FSDP (gather all images, draw once), and FSDP decays
+    exactly the elements that one process decays; then ``predict`` writes one embeddings file under both."""
     from mae_lightning import DigitsDataModule, MAEPretraining
     from mae_lightning.callbacks.knn import knn_scores
+    from mae_lightning.optim import param_groups_weight_decay
 
-    (tmp_path / "run.yaml").write_text(MONITORED_RUN)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    env["OMP_NUM_THREADS"] = "1"  # two processes share the cores
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "mae_lightning", "fit", "--config", "run.yaml"]
-    # A collective call on one rank only would hang here until the timeout.
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (tmp_path / "run.yaml").write_text(monitored_run(DDP if strategy == "ddp" else FSDP))
+    run_cli(tmp_path, "fit", "--config", "run.yaml")
 
-    log_dir = tmp_path / "logs" / "ddp" / "version_0"
-    rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
+    log_dir = tmp_path / "logs" / "run" / "version_0"
+    rows = metrics(log_dir)
     knn = {int(r["epoch"]): float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")}
     psnr = {int(r["epoch"]): float(r["val/recon_psnr_masked"]) for r in rows if r.get("val/recon_psnr_masked")}
     online = [r["val/online_linear_top1"] for r in rows if r.get("val/online_linear_top1")]
@@ -129,7 +195,8 @@ def test_monitors_under_two_process_ddp_gather_all_images_and_draw_once(tmp_path
     # The kNN saw the validation images of both processes: it matches one process encoding all 297 with the
     # final weights (the sampler pads the split to 298 by repeating one image, which can move a vote or two).
     (checkpoint,) = (log_dir / "checkpoints").glob("epoch=1-*.ckpt")
-    model = MAEPretraining.load_from_checkpoint(checkpoint, map_location="cpu").model.eval()
+    module = MAEPretraining.load_from_checkpoint(checkpoint, map_location="cpu")
+    model = module.model.eval()
     data = DigitsDataModule(img_size=16, num_workers=0)
     val = data.build_dataset("val", data.eval_transform)
     imgs = torch.stack([val[i][0] for i in range(len(val))])
@@ -139,3 +206,130 @@ def test_monitors_under_two_process_ddp_gather_all_images_and_draw_once(tmp_path
     scores = knn_scores(features, features, targets, 10, k=20, temperature=0.07, exclude_self=True)
     single_process = (scores.argmax(dim=1) == targets).float().mean().item()
     assert knn[1] == pytest.approx(single_process, abs=3 / len(val))
+
+    # The weight-decay groups hold exactly the elements of one unwrapped model's groups: on each rank under DDP
+    # (replicas), summed over the ranks' shards under FSDP.
+    expected = {
+        (g["weight_decay"], 1.0): sum(p.numel() for p in g["params"]) for g in param_groups_weight_decay(model, 0.05)
+    }
+    if strategy == "ddp":
+        assert summed_groups(tmp_path / "groups", 1) == expected
+        assert (tmp_path / "groups" / "groups_rank1.json").read_text() == (
+            tmp_path / "groups" / "groups_rank0.json"
+        ).read_text()
+    else:
+        assert summed_groups(tmp_path / "groups", 2) == expected
+
+    # predict on both processes: one file, every validation image once, in dataset order, equal to one process.
+    run_cli(
+        tmp_path, "predict", "--config", "run.yaml", "--ckpt_path", str(checkpoint), "--trainer.logger", "false",
+        "--trainer.callbacks", '[{"class_path": "mae_lightning.EmbeddingWriter", "init_args": {"path": "emb.npz"}},'
+        ' {"class_path": "mae_lightning.ReconstructionCallback", "init_args": {"dirpath": "pictures"}}]',
+    )  # fmt: skip
+    written = np.load(tmp_path / "emb.npz")
+    assert written["index"].tolist() == list(range(len(val)))
+    assert written["target"].tolist() == targets.tolist()
+    np.testing.assert_allclose(written["cls"], features.numpy(), rtol=0, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == ["predict.png"]
+    assert not list(tmp_path.glob("emb.rank*"))
+
+
+def write_identical_train_distinct_val(root: Path, make_image) -> None:
+    """root/train: 12 copies of one image; root/val: 8 different images (flat folders, unlabelled)."""
+    make_image(root / "train" / "0.png", size=(16, 16), seed=0)
+    for i in range(1, 12):
+        (root / "train" / f"{i}.png").write_bytes((root / "train" / "0.png").read_bytes())
+    for i in range(8):
+        make_image(root / "val" / f"{i}.png", size=(16, 16), seed=100 + i)
+
+
+@pytest.mark.slow
+def test_ranks_draw_their_own_masks_and_val_loss_does_not_depend_on_the_process_count(tmp_path, make_image):
+    """Both ranks train on the very same image with the same weights: only the masks can make their losses differ."""
+    from lightning.pytorch import Trainer
+
+    from mae_lightning import ImageFolderDataModule, MAEPretraining
+
+    write_identical_train_distinct_val(tmp_path / "data", make_image)
+    data = """  class_path: mae_lightning.ImageFolderDataModule
+  init_args: {root: data, img_size: 16, batch_size: 2, num_workers: 0, crop_scale: [1.0, 1.0],
+              horizontal_flip: false}"""
+    trainer = f"""{DDP}
+  max_epochs: 1
+  limit_train_batches: 3
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: logs, name: run}}
+  callbacks:
+    - class_path: cli_plugins.PerRankLosses
+      init_args: {{dirpath: losses}}"""
+    (tmp_path / "run.yaml").write_text(tiny_run(data, trainer))
+    run_cli(tmp_path, "fit", "--config", "run.yaml")
+
+    rank0, rank1 = (read_losses(tmp_path / "losses" / f"rank{r}.txt") for r in range(2))
+    assert sorted(rank0) == sorted(rank1) == [1, 2, 3]
+    for step in rank0:
+        assert rank0[step] != rank1[step], f"step {step}: both ranks drew the same masks"
+
+    # The validation masks follow each image's position in the validation set, not the process that sees it:
+    # the 2-process val/loss is the one of a single process validating the same weights.
+    log_dir = tmp_path / "logs" / "run" / "version_0"
+    (val_loss,) = [float(r["val/loss"]) for r in metrics(log_dir) if r.get("val/loss")]
+    (checkpoint,) = (log_dir / "checkpoints").glob("*.ckpt")
+    module = MAEPretraining.load_from_checkpoint(checkpoint, map_location="cpu")
+    single = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    datamodule = ImageFolderDataModule(tmp_path / "data", img_size=16, batch_size=2, num_workers=0)
+    (result,) = single.validate(module, datamodule, verbose=False)
+    assert result["val/loss"] == pytest.approx(val_loss, rel=1e-6)
+
+
+DIGITS_16 = """  class_path: mae_lightning.DigitsDataModule
+  init_args: {img_size: 16, batch_size: 16, num_workers: 0}"""
+
+
+def resumable_run(losses: str) -> str:
+    trainer = f"""{DDP}
+  max_epochs: 2
+  limit_train_batches: 8
+  limit_val_batches: 0
+  logger: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: checkpoints, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
+    - class_path: cli_plugins.PerRankLosses
+      init_args: {{dirpath: {losses}}}"""
+    return tiny_run(DIGITS_16, trainer, "warmup_epochs: 1")
+
+
+@pytest.mark.slow
+def test_two_process_run_resumed_mid_epoch_repeats_every_ranks_losses_bit_for_bit(tmp_path, monkeypatch):
+    for name in ("full", "split"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.yaml").write_text(resumable_run("losses"))
+    run_cli(tmp_path / "full", "fit", "--config", "run.yaml")
+    # Interrupted after step 6 of 16 (inside the first epoch of 8 steps), then resumed from last.ckpt.
+    stop = '{"class_path": "cli_plugins.StopAtStep", "init_args": {"step": 6}}'
+    run_cli(tmp_path / "split", "fit", "--config", "run.yaml", "--trainer.callbacks+", stop)
+    assert torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    run_cli(tmp_path / "split", "fit", "--config", "run.yaml", "--ckpt_path", "last")
+
+    for rank in range(2):
+        full = read_losses(tmp_path / "full" / "losses" / f"rank{rank}.txt")
+        split = read_losses(tmp_path / "split" / "losses" / f"rank{rank}.txt")
+        assert sorted(full) == list(range(1, 17))
+        assert split == full, f"rank {rank}"
+    assert read_losses(tmp_path / "full" / "losses" / "rank0.txt") != read_losses(
+        tmp_path / "full" / "losses" / "rank1.txt"
+    )
+
+    # The step-6 checkpoint resumed by one process: warned, with both counts named, and training goes on.
+    from mae_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path / "split")
+    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+    monkeypatch.syspath_prepend(str(TESTS))  # run.yaml names callbacks of cli_plugins
+    with pytest.warns(UserWarning, match=r"random state of 2 process\(es\) and this run has 1"):
+        main(
+            ["fit", "--config", "run.yaml", "--ckpt_path", "checkpoints/epoch=0-step=6.ckpt", "--trainer.devices", "1",
+             "--trainer.strategy", "auto", "--trainer.max_steps", "7", "--trainer.callbacks", "[]"]
+        )  # fmt: skip

@@ -28,14 +28,21 @@ TINY_MODEL = [
 def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # cli_plugins
 
 
-def run(root: Path, name: str, *extra: str, num_workers: int = 0):
-    """A short quickstart run whose checkpoints go to root/checkpoints and metrics to root/logs/<name>."""
+def run(root: Path, name: str, *extra: str, num_workers: int = 0, stop_at: int | None = None):
+    """A short quickstart run whose checkpoints go to root/checkpoints and metrics to root/logs/<name>.
+
+    ``stop_at`` ends the run after that step as an interruption would, leaving the lr schedule as configured.
+    """
     checkpoint = (
         '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
-        f'{{"dirpath": "{root / "checkpoints"}", "save_last": true, "every_n_train_steps": 2, "save_top_k": -1}}}}]'
+        f'{{"dirpath": "{root / "checkpoints"}", "save_last": true, "every_n_train_steps": 2, "save_top_k": -1}}}}'
     )
+    if stop_at is not None:
+        checkpoint += f', {{"class_path": "cli_plugins.StopAtStep", "init_args": {{"step": {stop_at}}}}}'
+    checkpoint += "]"
     return main(
         [
             "fit",
@@ -84,7 +91,7 @@ def assert_resume_is_exact(tmp_path: Path, num_workers: int) -> None:
     assert full.trainer.global_step == STEPS_PER_EPOCH * EPOCHS
     expected = step_losses(full)
 
-    first = run(tmp_path / "split", "first", "--trainer.max_steps", str(STOP_AT), num_workers=num_workers)
+    first = run(tmp_path / "split", "first", num_workers=num_workers, stop_at=STOP_AT)
     assert first.trainer.global_step == STOP_AT
     assert (tmp_path / "split" / "checkpoints" / "last.ckpt").is_file()
     resumed = run(tmp_path / "split", "resumed", "--ckpt_path", "last", num_workers=num_workers)

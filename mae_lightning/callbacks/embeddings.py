@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -35,30 +36,50 @@ class EmbeddingWriter(BasePredictionWriter):
         # Lightning nests the indices per dataloader even when the predictions are flat.
         if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
             batch_indices = batch_indices[0]
-        if not predictions:
+        columns: dict[str, torch.Tensor] = {}
+        if predictions:
+            columns = {key: torch.cat([p[key].detach().float().cpu() for p in predictions]) for key in predictions[0]}
+            total = len(next(iter(columns.values())))
+            if batch_indices and all(batch_indices):
+                index = torch.tensor([i for batch in batch_indices for i in batch], dtype=torch.long)
+            else:
+                index = torch.arange(total, dtype=torch.long)
+            columns["index"] = index
+        if trainer.world_size > 1:  # every process takes part, also one that had no batch
+            columns = _gather_rows(columns)
+        if not trainer.is_global_zero or not columns:
             return
-        columns = {key: torch.cat([p[key].detach().float().cpu() for p in predictions]) for key in predictions[0]}
         if "target" in columns:
             columns["target"] = columns["target"].long()
-        total = len(next(iter(columns.values())))
-        if batch_indices and all(batch_indices):
-            index = torch.tensor([i for batch in batch_indices for i in batch], dtype=torch.long)
-        else:
-            index = torch.arange(total, dtype=torch.long)
-        columns["index"] = index
         dataset = getattr(trainer.predict_dataloaders, "dataset", None)
         samples = getattr(dataset, "samples", None)
         paths = None
-        if samples is not None and len(samples) >= total:
-            paths = [str(s[0] if isinstance(s, tuple) else s) for s in (samples[i] for i in index.tolist())]
-        path = self.path
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".npz":
+        if samples is not None and len(samples) > int(columns["index"].max()):
+            paths = [str(s[0] if isinstance(s, tuple) else s) for s in (samples[i] for i in columns["index"].tolist())]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.suffix == ".npz":
             arrays = {key: value.numpy() for key, value in columns.items()}
             if paths is not None:
                 arrays["path"] = np.asarray(paths)
-            np.savez(path, **arrays)
+            np.savez(self.path, **arrays)
         else:
-            torch.save({**columns, **({"path": paths} if paths is not None else {})}, path)
+            torch.save({**columns, **({"path": paths} if paths is not None else {})}, self.path)
+
+
+def _gather_rows(columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's rows, concatenated and sorted by dataset index (a sample seen twice is kept once).
+
+    Lightning's predict sampler gives the processes disjoint shares of possibly unequal sizes, so
+    the rows travel as Python objects (``all_gather_object``) rather than as equal-sized tensors.
+    """
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, columns)
+    parts = [part for part in parts if part]
+    if not parts:
+        return {}
+    merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    order = merged["index"].argsort(stable=True)
+    merged = {key: value[order] for key, value in merged.items()}
+    first = torch.ones_like(merged["index"], dtype=torch.bool)
+    first[1:] = merged["index"][1:] != merged["index"][:-1]
+    return {key: value[first] for key, value in merged.items()}

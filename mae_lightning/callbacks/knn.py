@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from mae_lightning.callbacks.strategy_forward import forward_through_strategy
+
 
 def knn_scores(
     queries: Tensor,
@@ -78,8 +80,12 @@ class KNNMonitor(Callback):
       the masked features of the validation pass (the same fixed masks as ``val/loss``). Its gradients
       are averaged over processes, so every copy stays the same under DDP. It never touches the encoder.
 
+    The unmasked features are encoded through the strategy's wrapper on every process, so the monitor
+    works under DDP and FSDP alike.
+
     Samples with the label -1 (unlabelled data) are skipped; with no labels at all nothing is logged.
-    Needs a pretraining module whose training and validation steps return ``{"loss", "latent"}``.
+    Needs a pretraining module whose training and validation steps return ``{"loss", "latent"}`` and
+    that has a ``forward_features(imgs) -> (N, 1 + L, D)`` method (:class:`~mae_lightning.MAEPretraining`).
 
     Args:
         num_classes: classes of the labels.
@@ -196,7 +202,8 @@ class KNNMonitor(Callback):
         if not self._active(trainer):
             return
         imgs, targets = batch[0], batch[1]
-        self._features.append(pool_tokens(pl_module.model.forward_features(imgs), self.pool).float())
+        tokens = forward_through_strategy(trainer, pl_module, "forward_features", imgs)
+        self._features.append(pool_tokens(tokens, self.pool).float())
         self._targets.append(targets)
         feats = self._latent(outputs)
         if feats is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision.utils import make_grid
 
+from mae_lightning.callbacks.strategy_forward import forward_through_strategy
 from mae_lightning.models.mae import MaskedAutoencoder
+from mae_lightning.ops import per_sample_noise
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 GRID_PADDING = 2
@@ -22,9 +25,12 @@ MASK_GRAY = 0.5
 
 
 def fixed_mask_noise(num_images: int, num_patches: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
-    """The (num_images, num_patches) noise that fixes the masks of the shown images (the same every epoch)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(num_images, num_patches, generator=generator).to(device)
+    """The (num_images, num_patches) noise that fixes the masks of the shown images (the same every epoch).
+
+    Row ``i`` is :func:`~mae_lightning.ops.per_sample_noise` of sample ``i``: with the pretraining module's
+    ``val_mask_seed`` the first validation images get the very masks that ``val/loss`` scores them with.
+    """
+    return per_sample_noise(torch.arange(num_images), num_patches, seed).to(device)
 
 
 @torch.no_grad()
@@ -35,6 +41,7 @@ def reconstruction_panels(
     noise: Tensor,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    forward: Callable[[Tensor, float, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """Original, masked, reconstructed and pasted images in pixel space (0..1), and the pixel mask.
 
@@ -49,12 +56,14 @@ def reconstruction_panels(
         noise: (N, L) noise fixing the masks.
         mean: per-channel normalisation mean of the data (None: images are already in 0..1).
         std: per-channel normalisation std of the data.
+        forward: ``(imgs, mask_ratio, noise) -> (loss, pred, mask)``; default ``model`` itself (a
+            callback passes the forward of the strategy's wrapper, so sharded weights are gathered).
 
     Returns:
         ``original``, ``masked``, ``reconstruction``, ``pasted``: (N, C, H, W) in [0, 1];
         ``mask``: (N, 1, H, W), 1 on hidden pixels.
     """
-    _, pred, mask = model(imgs, mask_ratio, noise)
+    _, pred, mask = (forward or model)(imgs, mask_ratio, noise)
     pred = pred.float()
     if model.norm_pix_loss:
         target = model.patchify(imgs.float())
@@ -119,8 +128,9 @@ class ReconstructionCallback(Callback):
     every time, so the grids show the model changing and nothing else. Logged as W&B images when the
     logger is a WandbLogger, written as ``reconstructions/epoch=NNNN.png`` in the run's log folder
     otherwise, with ``val/recon_psnr_masked`` and ``val/recon_ssim_masked`` logged. On ``predict``
-    the grid of the first batch is written as ``reconstructions/predict.png``. Runs on global rank 0
-    only and makes no collective call, so other processes never wait on it.
+    the grid of the first batch is written as ``reconstructions/predict.png``. Every process runs the
+    model on its own first images, through the strategy's wrapper (under FSDP a forward needs all of
+    them); global rank 0 alone logs and writes.
 
     Args:
         num_images: images shown (rows of the grid).
@@ -154,7 +164,11 @@ class ReconstructionCallback(Callback):
         noise = fixed_mask_noise(imgs.shape[0], model.num_patches, self.mask_seed, imgs.device)
         datamodule = getattr(trainer, "datamodule", None)
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-        panels = reconstruction_panels(model, imgs, pl_module.mask_ratio, noise, mean, std)
+
+        def forward(*args):
+            return forward_through_strategy(trainer, pl_module, "forward", *args)
+
+        panels = reconstruction_panels(model, imgs, pl_module.mask_ratio, noise, mean, std, forward)
         caption = " | ".join(COLUMNS) + f"; {int(round(pl_module.mask_ratio * 100))}% of the patches hidden"
         if model.norm_pix_loss:
             caption += "; predictions un-normalised with each target patch's mean and variance (norm_pix_loss)"
@@ -164,18 +178,19 @@ class ReconstructionCallback(Callback):
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if trainer.is_global_zero and batch_idx == 0 and dataloader_idx == 0 and self._images is None:
+        if batch_idx == 0 and dataloader_idx == 0 and self._images is None:
             self._images = batch[0][: self.num_images].detach().clone()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking or self._images is None:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        # The same decision on every process (each holds its own first images): all of them run the model.
+        if trainer.sanity_checking or self._images is None or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         was_training = pl_module.training
         pl_module.eval()
         panels, caption = self._draw(trainer, pl_module, self._images.to(pl_module.device))
         pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         psnr, ssim = masked_region_quality(panels)
         pl_module.log("val/recon_psnr_masked", psnr, rank_zero_only=True)
         pl_module.log("val/recon_ssim_masked", ssim, rank_zero_only=True)
@@ -184,19 +199,20 @@ class ReconstructionCallback(Callback):
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         for logger in wandb_loggers:
             logger.log_image("val/reconstruction", images=[image], caption=[caption], step=trainer.global_step)
-        if not wandb_loggers:
+        if not wandb_loggers and not trainer.fast_dev_run:  # a debug run leaves no files, as Lightning's own
             self._write(image, self._dir / f"epoch={trainer.current_epoch:04d}.png", caption)
 
     # ------------------------------------------------------------------ predict
     def on_predict_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if not trainer.is_global_zero or batch_idx != 0 or dataloader_idx != 0:
+        if batch_idx != 0 or dataloader_idx != 0:
             return
         if not isinstance(getattr(pl_module, "model", None), MaskedAutoencoder):
             return  # a classifier checkpoint: nothing to reconstruct
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
-        self._write(to_uint8(panel_grid(panels)), self._dir / "predict.png", caption)
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            self._write(to_uint8(panel_grid(panels)), self._dir / "predict.png", caption)
 
     @staticmethod
     def _write(image: np.ndarray, path: Path, caption: str) -> None:
