@@ -101,6 +101,8 @@ class MAECLI(LightningCLI):
         checkpoint = resolve_ckpt_path(config)
         if checkpoint is not None:
             continue_wandb_run(config, checkpoint)
+        elif config.get("ckpt_path") is None:
+            check_weights_files_exist(config)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -171,6 +173,23 @@ def resolve_ckpt_path(config) -> Path | None:
             "(the last.ckpt in the ModelCheckpoint's dirpath), `best`, or leave it unset to start a new run"
         )
     return path
+
+
+# Model arguments that name a weights file, read when the run sets the model up.
+_WEIGHTS_ARGUMENTS = ("init_weights", "pretrained")
+
+
+def check_weights_files_exist(config) -> None:
+    """Stop at once, in one line, when a weights file named in the model does not exist.
+
+    Without this the run would build everything and fail when it sets the model up. Called only when no
+    ``ckpt_path`` is given: a restored checkpoint replaces those weights and does not need the file.
+    """
+    init_args = getattr(config.get("model"), "init_args", None) or {}
+    for name in _WEIGHTS_ARGUMENTS:
+        path = init_args.get(name)
+        if path and "://" not in str(path) and not Path(path).is_file():
+            raise ConfigError(f"model.init_args.{name}: weights file {str(path)!r} does not exist")
 
 
 def continue_wandb_run(config, checkpoint: Path) -> None:

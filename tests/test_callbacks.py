@@ -151,3 +151,22 @@ def test_reconstruction_every_n_epochs(tmp_path):
     run.fit(MAEPretraining(small_model(), warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
     folder = tmp_path / "lightning_logs/version_0/reconstructions"
     assert sorted(p.name for p in folder.iterdir()) == ["epoch=0001.png"]
+
+
+def test_each_rank_draws_its_own_reproducible_stream(monkeypatch):
+    from mae_lightning.callbacks.rng_state import seed_rank
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+
+    def draws_of(rank: int) -> torch.Tensor:
+        torch.manual_seed(7)  # what seed_everything(7) gives every process
+        torch.rand(5)  # the model's initialisation, the same on every process
+        seed_rank(rank)
+        return torch.rand(8)
+
+    streams = [draws_of(rank) for rank in range(3)]
+    torch.manual_seed(7)
+    torch.rand(5)
+    assert torch.equal(streams[0], torch.rand(8))  # rank 0 (a single process) draws what it always drew
+    assert not torch.equal(streams[0], streams[1]) and not torch.equal(streams[1], streams[2])
+    assert torch.equal(streams[2], draws_of(2))  # a function of (seed, rank)

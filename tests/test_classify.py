@@ -180,3 +180,15 @@ def test_predict_writes_embeddings_and_reconstructions(tmp_path):
 
     np.testing.assert_array_equal(out["target"], np.asarray(Digits("val").targets))
     assert (tmp_path / "runs/predict/reconstructions/predict.png").is_file()
+
+
+def test_linear_probe_refuses_sharded_strategies():
+    """LARS scales each update by whole-tensor norms, which a shard does not have: one line, at set-up."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = LinearProbe(tiny_vit(num_classes=3))
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="strategy: ddp"):
+        module.configure_model()

@@ -8,6 +8,7 @@ is written into the repository. The W&B tests are in ``test_wandb.py``.
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -250,13 +251,46 @@ def test_imagenet_config_is_the_paper_recipe(name: str, capsys):
 # --------------------------------------------------------------------------- runs
 
 
-def test_quickstart_fast_dev_run():
-    cli = main(["fit", "--config", QUICKSTART, *FAST, "--trainer.fast_dev_run", "true"])
+# A reconstruction grid every epoch, so that a run that writes pictures writes one.
+DRAW_EVERY_EPOCH = ["--trainer.callbacks+", '{"class_path": "mae_lightning.ReconstructionCallback"}']
+
+
+def test_quickstart_fast_dev_run_writes_nothing(tmp_path: Path):
+    cli = main(["fit", "--config", QUICKSTART, *FAST, "--trainer.fast_dev_run", "true", *DRAW_EVERY_EPOCH])
     trainer = cli.trainer
     assert trainer.state.finished
     assert trainer.global_step == 1
     assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert torch.isfinite(trainer.callback_metrics["val/recon_psnr_masked"])  # drawn, not written
+    assert not list(tmp_path.iterdir())  # the working directory is untouched
+
+
+def test_run_without_logger_writes_only_into_its_folder(tmp_path: Path):
+    run_dir = tmp_path / "elsewhere"
+    (tmp_path / "cwd").mkdir()
+    os.chdir(tmp_path / "cwd")
+    limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    args = ["--trainer.logger", "false", "--trainer.default_root_dir", str(run_dir), *limits, *DRAW_EVERY_EPOCH]
+    main(["fit", "--config", QUICKSTART, *FAST, "--data.init_args.img_size", "16", *args])
+    assert not list((tmp_path / "cwd").iterdir())
+    written = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    assert written == ["checkpoints/epoch=0-step=2.ckpt", "config.yaml", "reconstructions/epoch=0000.png"]
+
+
+@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("3", 3), ("1.0", 1.0), ("0.5", 0.5)])
+def test_limit_batches_integer_is_a_count(given: str, expected, capsys):
+    config = print_config(capsys, "--config", QUICKSTART, "--trainer.limit_val_batches", given)
+    assert config["trainer"]["limit_val_batches"] == expected and type(config["trainer"]["limit_val_batches"]) is type(
+        expected
+    )
+
+
+def test_limit_val_batches_1_runs_one_validation_batch():
+    limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    cli = main(["fit", "--config", QUICKSTART, *FAST, "--data.init_args.img_size", "16", *limits])
+    assert cli.trainer.num_val_batches == [1]
+    assert cli.trainer.fit_loop.epoch_loop.val_loop.batch_progress.total.completed == 1
 
 
 def test_debug_preset_runs_a_few_steps(tmp_path: Path):
@@ -444,6 +478,11 @@ CONFIG_ERRORS = [
         "ckpt_path that does not exist",
         lambda tmp: ["--ckpt_path", str(tmp / "missing.ckpt")],
         ["ckpt_path", "missing.ckpt", "does not exist", "`last`"],
+    ),
+    (
+        "init_weights that does not exist",
+        lambda tmp: ["--model.init_args.init_weights", str(tmp / "mae_pretrain.pth")],
+        ["model.init_args.init_weights", "mae_pretrain.pth", "does not exist"],
     ),
     (
         "max_bad_image_fraction above 1",

@@ -333,3 +333,50 @@ def test_two_process_run_resumed_mid_epoch_repeats_every_ranks_losses_bit_for_bi
             ["fit", "--config", "run.yaml", "--ckpt_path", "checkpoints/epoch=0-step=6.ckpt", "--trainer.devices", "1",
              "--trainer.strategy", "auto", "--trainer.max_steps", "7", "--trainer.callbacks", "[]"]
         )  # fmt: skip
+
+
+FINE_TUNE_RUN = f"""
+seed_everything: 0
+model:
+  class_path: mae_lightning.FineTune
+  init_args:
+    model:
+      class_path: mae_lightning.VisionTransformer
+      init_args: {{patch_size: 4, embed_dim: 32, depth: 3, num_heads: 2, num_classes: 10, drop_path_rate: 0.1}}
+    layer_decay: 0.75
+    warmup_epochs: 0
+data:
+{DIGITS}
+trainer:
+  accelerator: cpu
+  devices: 2
+{FSDP}
+  max_epochs: 1
+  limit_train_batches: 2
+  limit_val_batches: 2
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: cli_plugins.OptimizerGroupSizes
+      init_args: {{dirpath: groups}}
+"""
+
+
+@pytest.mark.slow
+def test_fine_tuning_under_fsdp_keeps_every_layer_decay_scale(tmp_path):
+    """Per (weight decay, lr scale), the shards of both ranks hold exactly the unwrapped model's elements."""
+    from mae_lightning import VisionTransformer
+    from mae_lightning.optim import param_groups_layer_decay
+
+    (tmp_path / "run.yaml").write_text(FINE_TUNE_RUN)
+    run_cli(tmp_path, "fit", "--config", "run.yaml")
+
+    model = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=3, num_heads=2, num_classes=10)
+    expected: dict[tuple[float, float], int] = {}
+    for group in param_groups_layer_decay(model, 0.05, 0.75, no_weight_decay=model.no_weight_decay()):
+        key = (group["weight_decay"], group["lr_scale"])
+        expected[key] = expected.get(key, 0) + sum(p.numel() for p in group["params"])
+    assert len(expected) == 10  # 5 depths (embedding, 3 blocks, norm + head) x (decay, no decay)
+    assert summed_groups(tmp_path / "groups", 2) == expected

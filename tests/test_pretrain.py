@@ -128,3 +128,44 @@ def test_constructor_rejects_bad_settings():
         MAEPretraining(small_model(), base_lr=0)
     with pytest.raises(ValueError, match="lr must be positive, got -1"):
         MAEPretraining(small_model(), lr=-1)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_schedule_ends_where_max_steps_ends_the_run(tmp_path, accumulate):
+    """max_steps stops the run before max_epochs: warmup and cosine play out over the steps that are trained."""
+    torch.manual_seed(0)
+    module = MAEPretraining(small_model(), base_lr=1e-3, min_lr=1e-5, warmup_epochs=0.5)
+    record = RecordLR()
+    # 6 batches per epoch = 6 / accumulate optimizer steps; max_epochs=10 would be the schedule's end before.
+    run = trainer(tmp_path, max_epochs=10, max_steps=7, limit_train_batches=6, accumulate_grad_batches=accumulate)
+    run.callbacks.append(record)
+    run.fit(module, digits(batch_size=8))
+    assert run.global_step == 7 and len(record.lrs) == 7
+    steps_per_epoch = 6 // accumulate
+    peak = 1e-3 * 8 * accumulate / 256
+    expected = [warmup_cosine_lr(k / steps_per_epoch, peak, 1e-5, 0.5, 7 / steps_per_epoch) for k in range(7)]
+    assert record.lrs == pytest.approx(expected)
+    # Past the warmup the lr falls at every step towards min_lr, which it reaches as step 7 ends.
+    decay = [lr for k, lr in enumerate(record.lrs) if k / steps_per_epoch >= 0.5]
+    assert (
+        len(decay) >= 4
+        and all(a > b for a, b in zip(decay, decay[1:], strict=False))
+        and decay[-1] - 1e-5 < 0.2 * (peak - 1e-5)
+    )
+    assert warmup_cosine_lr(7 / steps_per_epoch, peak, 1e-5, 0.5, 7 / steps_per_epoch) == pytest.approx(1e-5)
+
+
+def test_val_loss_does_not_depend_on_the_batch_size(tmp_path):
+    torch.manual_seed(0)
+    module = MAEPretraining(small_model())
+    losses = []
+    for batch_size in (8, 16):
+        (result,) = trainer(tmp_path, limit_val_batches=4 * 16 // batch_size).validate(
+            module, digits(batch_size=batch_size), verbose=False
+        )
+        losses.append(result["val/loss"])
+    # The same 64 images with the same per-image masks; only the float summation order differs.
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    module.val_mask_seed = 1
+    (other,) = trainer(tmp_path, limit_val_batches=4).validate(module, digits(batch_size=16), verbose=False)
+    assert other["val/loss"] != pytest.approx(losses[1], rel=1e-6)
