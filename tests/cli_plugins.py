@@ -46,7 +46,7 @@ class CPUFSDPStrategy(FSDPStrategy):
     the exact class there, and torch's FSDP runs on CPU."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(process_group_backend="gloo", **kwargs)
+        super().__init__(**{**kwargs, "process_group_backend": "gloo"})
 
     def _setup_model(self, model):
         # Lightning passes device_id=None on the CPU, which torch's FSDP refuses; wrap here with the CPU device.
