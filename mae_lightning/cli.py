@@ -16,6 +16,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -30,6 +31,7 @@ from mae_lightning.callbacks import (
 )
 from mae_lightning.callbacks.wandb_resume import run_id_in_checkpoint
 from mae_lightning.checkpoint_io import AtomicCheckpointIO
+from mae_lightning.models.weights import ARCHITECTURE_KEYS, WeightsMismatchError, checkpoint_architecture
 
 # Lines of jsonargparse's nested union report that say nothing to a user.
 _NOISE = (
@@ -103,12 +105,17 @@ class MAECLI(LightningCLI):
             continue_wandb_run(config, checkpoint)
         elif config.get("ckpt_path") is None:
             check_weights_files_exist(config)
+        take_architecture_from_checkpoint(config, checkpoint)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Lightning's default stages a checkpoint in the system temp folder (see checkpoint_io.py).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.fast_dev_run:
+            # A debug run saves nothing, as Lightning intends; 2.6 still writes `last.ckpt` at the end of
+            # training for a ModelCheckpoint with `save_last`, so the run has none.
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
 
     def instantiate_classes(self) -> None:
@@ -192,6 +199,29 @@ def check_weights_files_exist(config) -> None:
             raise ConfigError(f"model.init_args.{name}: weights file {str(path)!r} does not exist")
 
 
+def take_architecture_from_checkpoint(config, checkpoint: Path | None) -> None:
+    """Fill the encoder size a classifier's config leaves out from ``ckpt_path``, else from ``pretrained``.
+
+    So probing or fine-tuning a checkpoint needs only its path: the size is declared once, where the
+    encoder was trained. A stated size is kept (and must then match the checkpoint's tensors).
+    """
+    module_args = getattr(config.get("model"), "init_args", None) or {}
+    vit = module_args.get("model")
+    vit_args = getattr(vit, "init_args", None)
+    if not str(getattr(vit, "class_path", "")).endswith("VisionTransformer") or vit_args is None:
+        return
+    unstated = [key for key in ARCHITECTURE_KEYS if key in vit_args and vit_args.get(key) is None]
+    source = checkpoint or module_args.get("pretrained")
+    if not unstated or not source:
+        return  # nothing to fill, or nothing to fill it from: the model says which values are missing
+    try:
+        architecture = checkpoint_architecture(source)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"model.init_args.model: the encoder size is not stated and {err}") from None
+    for key in unstated:
+        vit_args[key] = architecture[key]
+
+
 def continue_wandb_run(config, checkpoint: Path) -> None:
     """Give a W&B logger without an ``id`` the run id stored in ``checkpoint``, to continue that run."""
     loggers = config.get("trainer", {}).get("logger")
@@ -266,6 +296,10 @@ def main(args: list[str] | None = None) -> MAECLI:
         )
     except (ArgumentError, ConfigError) as err:
         print(f"mae_lightning: error: {one_line_error(str(err)) or str(err).strip()}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except WeightsMismatchError as err:
+        # Raised when the run sets the model up: weights that do not fit the model, named in one message.
+        print(f"mae_lightning: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteLossError as err:
         print(f"mae_lightning: error: {err}", file=sys.stderr)

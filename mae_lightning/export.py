@@ -28,20 +28,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mae_lightning.models.weights import WeightsMismatchError, load_file, read_state_dict, sincos_grid
+from mae_lightning.models.weights import (
+    WeightsMismatchError,
+    describe_encoder,
+    load_file,
+    num_heads_from_hparams,
+    read_state_dict,
+)
 
 # The encoder's keys, timm VisionTransformer names: everything else (decoder, mask token) stays behind.
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 # A fine-tuned classifier's own keys, exported on request.
 HEAD_PREFIXES = ("fc_norm.", "head.")
-# timm's ViT names for the paper's sizes: (embed_dim, depth) -> (name stem, num_heads).
-TIMM_SIZES = {
-    (192, 12): ("vit_tiny", 3),
-    (384, 12): ("vit_small", 6),
-    (768, 12): ("vit_base", 12),
-    (1024, 24): ("vit_large", 16),
-    (1280, 32): ("vit_huge", 16),
-}
 
 
 def encoder_state_dict(state_dict: Mapping[str, Tensor], include_head: bool = False) -> dict[str, Tensor]:
@@ -58,32 +56,6 @@ def encoder_state_dict(state_dict: Mapping[str, Tensor], include_head: bool = Fa
             "pass --prefix to pick the encoder inside a larger module"
         )
     return encoder
-
-
-def describe_encoder(encoder: Mapping[str, Tensor], num_heads: int | None = None) -> dict:
-    """The timm ``VisionTransformer`` arguments that this encoder's tensors imply.
-
-    ``num_heads`` cannot be read from the weights; it comes from the checkpoint's hyperparameters when
-    known, else from timm's size of the same width and depth.
-    """
-    embed_dim, in_chans, patch_size, _ = encoder["patch_embed.proj.weight"].shape
-    depth = 1 + max(int(key.split(".")[1]) for key in encoder if key.startswith("blocks."))
-    table = encoder["pos_embed"][0, 1:]
-    # A sin-cos table knows its grid; a learned one is taken as square.
-    grid = sincos_grid(table) or (round(table.shape[0] ** 0.5),) * 2
-    stem, default_heads = TIMM_SIZES.get((embed_dim, depth), (None, None))
-    info = {
-        "img_size": [grid[0] * patch_size, grid[1] * patch_size],
-        "patch_size": patch_size,
-        "in_chans": in_chans,
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "num_heads": num_heads or default_heads,
-        "mlp_ratio": encoder["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-    }
-    if stem and info["img_size"][0] == info["img_size"][1]:
-        info["timm_model"] = f"{stem}_patch{patch_size}_{info['img_size'][0]}"
-    return info
 
 
 def export_encoder(
@@ -105,7 +77,7 @@ def export_encoder(
     """
     checkpoint = source if isinstance(source, Mapping) else load_file(source)
     encoder = encoder_state_dict(read_state_dict(checkpoint, prefix=prefix), include_head)
-    info = describe_encoder(encoder, _num_heads_from_hparams(checkpoint))
+    info = describe_encoder(encoder, num_heads_from_hparams(checkpoint))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
@@ -115,15 +87,6 @@ def export_encoder(
     else:
         torch.save(encoder, out)
     return info
-
-
-def _num_heads_from_hparams(checkpoint: object) -> int | None:
-    # A checkpoint written through the CLI records the model's init_args; a module built in Python does not.
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    model = hparams.get("model") if isinstance(hparams, Mapping) else None
-    if isinstance(model, Mapping) and isinstance(model.get("init_args"), Mapping):
-        return model["init_args"].get("num_heads")
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:

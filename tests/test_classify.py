@@ -169,7 +169,7 @@ def test_big_evaluation_config_fits_on_tiny_images(name):
 def test_predict_writes_embeddings_and_reconstructions(tmp_path):
     limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
     fit = main(["fit", "--config", QUICKSTART, *QUIET, "--data.init_args.img_size", "16", *limits])
-    ckpt = next(Path(fit.trainer.log_dir).rglob("*.ckpt"))
+    ckpt = tmp_path / "runs/quickstart/checkpoints/last.ckpt"
     assert (Path(fit.trainer.log_dir) / "reconstructions").is_dir() is False  # every_n_epochs 5: not yet drawn
     main(["predict", "--config", QUICKSTART, "--config", PREDICT, *QUIET, "--data.init_args.img_size", "16",
           "--ckpt_path", str(ckpt)])  # fmt: skip

@@ -13,7 +13,11 @@ from lightning.pytorch import Trainer
 from torch import nn
 
 from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MaskedAutoencoder, VisionTransformer
+from mae_lightning.cli import main
 from tests.test_classify import tiny_mae_checkpoint, tiny_vit
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def make_trainer(root: Path, **kwargs) -> Trainer:
@@ -108,3 +112,66 @@ def test_missing_pretrained_file_fails_before_the_first_step(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         trainer.fit(module, digits())
     assert trainer.global_step == 0
+
+
+# --------------------------------------------------------------------------- the quickstart's second step
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The configs' relative paths (runs/...) land in the test's folder; main() gets its own arguments."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["mae_lightning"])
+    return tmp_path
+
+
+def _quickstart_checkpoint() -> Path:
+    """runs/quickstart/checkpoints/last.ckpt of a 2-step quickstart run (its model size as shipped)."""
+    limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), *QUIET, *limits, "--trainer.logger", "false"])
+    path = Path("runs/quickstart/checkpoints/last.ckpt")
+    assert path.is_file()
+    return path
+
+
+@pytest.mark.parametrize("evaluation", ["linprobe", "finetune"])
+def test_quickstart_checkpoint_is_probed_and_fine_tuned_by_its_path_alone(evaluation: str, in_tmp: Path, capsys):
+    """The evaluation configs state no encoder size: it comes from the checkpoint, offline."""
+    checkpoint = _quickstart_checkpoint()
+    config = str(CONFIGS / evaluation / "quickstart.yaml")
+    cli = main(["fit", "--config", config, *QUIET, "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    vit = cli.model.model
+    pretrained = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert (vit.patch_embed.proj.weight.shape, len(vit.blocks)) == (
+        pretrained["model.patch_embed.proj.weight"].shape,
+        4,
+    )
+    # A stated size that disagrees with the checkpoint stops with one line naming the tensors.
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                config,
+                *QUIET,
+                "--trainer.fast_dev_run",
+                "true",
+                "--model.init_args.model.init_args.embed_dim",
+                "64",
+                "--model.init_args.model.init_args.num_heads",
+                "4",
+            ]
+        )
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("mae_lightning: error: pretrained checkpoint") and "cls_token" in line, line
+
+
+def test_classifier_without_size_or_checkpoint_says_what_is_missing(in_tmp: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "linprobe" / "quickstart.yaml"), *QUIET,
+              "--model.init_args.pretrained", "null", "--trainer.fast_dev_run", "true"])  # fmt: skip
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "patch_size, embed_dim, depth, num_heads are not stated" in line

@@ -17,13 +17,18 @@ from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
 from mae_lightning.models.weights import WeightsMismatchError, load_file, load_weights, read_state_dict
 from mae_lightning.ops import sincos_2d
 
+# The encoder size that a config may leave to the checkpoint (see VisionTransformer's ``patch_size``).
+_SIZE = ("patch_size", "embed_dim", "depth", "num_heads")
+
 
 class VisionTransformer(nn.Module):
     """ViT encoder with a classification head: cls token (after ``norm``) or mean of the patch tokens (``fc_norm``).
 
     Args:
         img_size: image side, or (height, width); multiples of ``patch_size``.
-        patch_size: side of a square patch in pixels.
+        patch_size: side of a square patch in pixels. The encoder's size (``patch_size``, ``embed_dim``,
+            ``depth``, ``num_heads``) may be left out of a classifier's config: the command line then
+            takes it from the ``pretrained`` checkpoint (or the ``ckpt_path``); stated, it must agree.
         in_chans: image channels.
         num_classes: outputs of ``head``; 0 makes ``head`` the identity (features only).
         embed_dim: width.
@@ -38,18 +43,26 @@ class VisionTransformer(nn.Module):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
+        patch_size: int | None = None,
         in_chans: int = 3,
         num_classes: int = 1000,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         global_pool: bool = True,
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        unstated = [
+            name for name, value in zip(_SIZE, (patch_size, embed_dim, depth, num_heads), strict=True) if value is None
+        ]
+        if unstated:
+            raise ValueError(
+                f"the classifier's {', '.join(unstated)} are not stated: state them, or leave them out of a config "
+                "whose `pretrained` (or `ckpt_path`) checkpoint has them"
+            )
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if embed_dim % 4:

@@ -373,3 +373,77 @@ def load_weights(
     if strict and not report.clean:
         raise WeightsMismatchError(report.message())
     return report
+
+
+# timm's ViT names for the paper's sizes: (embed_dim, depth) -> (name stem, num_heads).
+TIMM_SIZES = {
+    (192, 12): ("vit_tiny", 3),
+    (384, 12): ("vit_small", 6),
+    (768, 12): ("vit_base", 12),
+    (1024, 24): ("vit_large", 16),
+    (1280, 32): ("vit_huge", 16),
+}
+
+
+def describe_encoder(encoder: Mapping[str, Tensor], num_heads: int | None = None) -> dict:
+    """The timm ``VisionTransformer`` arguments that this encoder's tensors imply.
+
+    ``num_heads`` cannot be read from the weights; it comes from the checkpoint's hyperparameters when
+    known, else from timm's size of the same width and depth.
+    """
+    embed_dim, in_chans, patch_size, _ = encoder["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(key.split(".")[1]) for key in encoder if key.startswith("blocks."))
+    table = encoder["pos_embed"][0, 1:]
+    # A sin-cos table knows its grid; a learned one is taken as square.
+    grid = sincos_grid(table) or (round(table.shape[0] ** 0.5),) * 2
+    stem, default_heads = TIMM_SIZES.get((embed_dim, depth), (None, None))
+    info = {
+        "img_size": [grid[0] * patch_size, grid[1] * patch_size],
+        "patch_size": patch_size,
+        "in_chans": in_chans,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads or default_heads,
+        "mlp_ratio": encoder["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+    }
+    if stem and info["img_size"][0] == info["img_size"][1]:
+        info["timm_model"] = f"{stem}_patch{patch_size}_{info['img_size'][0]}"
+    return info
+
+
+def num_heads_from_hparams(checkpoint: object) -> int | None:
+    """The ``num_heads`` a checkpoint written through the CLI records (None when it records none)."""
+    # A checkpoint written through the CLI records the model's init_args; a module built in Python does not.
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    model = hparams.get("model") if isinstance(hparams, Mapping) else None
+    if isinstance(model, Mapping) and isinstance(model.get("init_args"), Mapping):
+        return model["init_args"].get("num_heads")
+    return None
+
+
+# The encoder's size, as a classifier built on a checkpoint's encoder takes it.
+ARCHITECTURE_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def checkpoint_architecture(path: str | os.PathLike) -> dict:
+    """The encoder size of a checkpoint: ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``.
+
+    Read from the tensors of this project's checkpoints (pretraining or classifier) and of official or
+    timm files; ``num_heads``, which tensors do not show, from the hyperparameters of a checkpoint
+    written through the CLI, else from the paper's size of the same width and depth.
+
+    Raises:
+        WeightsMismatchError (a ValueError): no ViT encoder in the file, or ``num_heads`` cannot be known.
+    """
+    checkpoint = load_file(path)
+    lightning = isinstance(checkpoint, Mapping) and "state_dict" in checkpoint
+    state = read_state_dict(checkpoint, prefix="model." if lightning else None)
+    if "patch_embed.proj.weight" not in state or not any(key.startswith("blocks.") for key in state):
+        raise WeightsMismatchError(f"{str(path)!r} holds no ViT encoder (patch_embed.proj.weight, blocks.*)")
+    info = describe_encoder(state, num_heads_from_hparams(checkpoint))
+    if info["num_heads"] is None:
+        raise WeightsMismatchError(
+            f"{str(path)!r} does not record the attention heads of its {info['embed_dim']}-wide, {info['depth']}-block "
+            "encoder: state num_heads in the model"
+        )
+    return {key: info[key] for key in ARCHITECTURE_KEYS}
