@@ -10,17 +10,20 @@ from mae_lightning.data import (
     MAEDataModule,
     STL10DataModule,
 )
+from mae_lightning.masking import BlockMasking, GridMasking, MaskingStrategy, RandomMasking
 from mae_lightning.models import MaskedAutoencoder, VisionTransformer
 from mae_lightning.pretrain import MAEPretraining
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockMasking",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DigitsDataModule",
     "EmbeddingWriter",
     "FineTune",
+    "GridMasking",
     "ImageClassification",
     "ImageFolderDataModule",
     "KNNMonitor",
@@ -28,6 +31,8 @@ __all__ = [
     "MAEDataModule",
     "MAEPretraining",
     "MaskedAutoencoder",
+    "MaskingStrategy",
+    "RandomMasking",
     "ReconstructionCallback",
     "STL10DataModule",
     "VisionTransformer",

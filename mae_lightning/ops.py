@@ -8,7 +8,6 @@ an official ``decoder_pred`` layer predicts the same pixels here.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,25 +88,12 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def per_sample_noise(sample_ids: Tensor, num_patches: int, seed: int) -> Tensor:
-    """Masking noise that depends on each sample's id alone, not on its batch, process or device.
-
-    sample_ids: (N,) integers (for example the position in the validation set) -> (N, L) uniform noise on
-    the CPU, row ``i`` drawn from a generator seeded with ``(seed, sample_ids[i])``. Fixed masks built
-    from it are the same for any batch size and any number of processes.
-    """
-    rows = []
-    for sample_id in sample_ids.tolist():
-        state = np.random.SeedSequence([seed, sample_id]).generate_state(2, dtype=np.uint32)
-        generator = torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))
-        rows.append(torch.rand(num_patches, generator=generator))
-    return torch.stack(rows) if rows else torch.empty(0, num_patches)
-
-
 def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep a random subset of tokens per sample (the official ``random_masking``).
+    """Keep a random subset of tokens per sample (the official ``random_masking``, on tokens).
 
-    The tokens with the smallest noise are kept, so passing the same ``noise`` reproduces a mask.
+    The model's own masking path with :class:`~mae_lightning.masking.RandomMasking` noise (the same draw
+    and the same order, see ``masking.py``); the tokens with the smallest noise are kept, so passing the
+    same ``noise`` reproduces a mask.
 
     Args:
         x: (N, L, D) tokens.
@@ -119,13 +105,12 @@ def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) ->
         mask: (N, L) 0 where kept and 1 where removed, in the original token order (dtype of x).
         ids_restore: (N, L) long, the permutation that undoes the shuffle (argsort of the argsort).
     """
+    from mae_lightning.masking import RandomMasking, mask_from_scores  # masking.py builds on this module
+
     n, length, _ = x.shape
     if noise is None:
-        noise = torch.rand(n, length, device=x.device)
-    elif noise.shape != (n, length):
-        raise ValueError(f"noise must have shape (N, L) = {(n, length)}, got {tuple(noise.shape)}")
-    len_keep = num_kept(length, mask_ratio)
-    ids_shuffle, ids_restore, mask = masking_order(noise, len_keep)
+        noise = RandomMasking().scores(n, (1, length), mask_ratio, x.device)
+    ids_shuffle, ids_restore, mask, len_keep = mask_from_scores(noise, mask_ratio, (n, length))
     return gather_tokens(x, ids_shuffle[:, :len_keep]), mask.to(x.dtype), ids_restore
 
 

@@ -12,7 +12,6 @@ from torch import Tensor
 from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
 from mae_lightning.models.weights import load_weights
-from mae_lightning.ops import per_sample_noise
 from mae_lightning.optim import (
     check_schedule,
     check_warmup,
@@ -235,5 +234,6 @@ class MAEPretraining(LightningModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         positions = torch.arange(self._eval_samples_seen, self._eval_samples_seen + imgs.shape[0]) * world + rank
         self._eval_samples_seen += imgs.shape[0]
-        noise = per_sample_noise(positions, self.model.num_patches, self.val_mask_seed).to(imgs.device)
+        # The model's own masking strategy draws them, one generator per sample (see MaskedAutoencoder.fixed_noise).
+        noise = self.model.fixed_noise(positions, self.mask_ratio, self.val_mask_seed, imgs.device)
         return self.model.forward_train(imgs, self.mask_ratio, noise)

@@ -124,7 +124,7 @@ def test_reconstruction_pngs_show_masked_and_pasted_images(tmp_path, norm_pix_lo
     assert ("un-normalised" in png.text["Description"]) == norm_pix_loss
 
     # the masks of the fixed seed: 75% of the 16 patches hidden
-    mask = 1 - fixed_mask_noise(3, 16, seed=7).argsort(dim=1).argsort(dim=1).lt(4).float()
+    mask = 1 - fixed_mask_noise(module.model, 3, 0.75, seed=7).argsort(dim=1).argsort(dim=1).lt(4).float()
     pixel_mask = module.model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, 16))[:, 0].bool().numpy()
     gray = round(MASK_GRAY * 255)
     for row in range(rows):

@@ -343,3 +343,50 @@ def test_bf16_autocast_loss_is_within_one_percent_of_fp32():
         bf16, _ = model.forward_train(imgs, 0.75, noise)
     assert bf16.dtype == torch.float32  # the loss reduction runs in fp32 under autocast
     assert abs(bf16.item() - fp32.item()) <= 1e-2 * abs(fp32.item())
+
+
+# ---------------------------------------------------------------------------- one loss, every path
+class L1MaskedAutoencoder(MaskedAutoencoder):
+    """A researcher's change of loss: one method. Records what training scored, to check the logged value."""
+
+    def patch_loss(self, pred, target):
+        self.scored = (pred.detach().clone(), target.detach().clone())
+        return (pred - target).abs().mean(dim=-1)
+
+
+def test_forward_and_forward_train_share_the_subclass_loss():
+    torch.manual_seed(0)
+    model = L1MaskedAutoencoder(**{**TINY, "norm_pix_loss": True})
+    imgs = torch.randn(4, 3, 16, 16)
+    noise = torch.rand(4, model.num_patches)
+    loss, pred, mask = model(imgs, 0.75, noise)
+    fast, _ = model.forward_train(imgs, 0.75, noise)
+    torch.testing.assert_close(fast, loss)
+    target = model._target(model.patchify(imgs))
+    expected = ((pred - target).abs().mean(dim=-1) * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_overriding_patch_loss_changes_the_training_loss(tmp_path):
+    """Through a real Trainer.fit: the logged train/loss_step is the subclass's loss of the very patches trained on."""
+    from lightning.pytorch import Trainer
+
+    from mae_lightning import DigitsDataModule, MAEPretraining
+
+    def first_step_loss(model_class):
+        torch.manual_seed(0)
+        model = model_class(**{**TINY, "in_chans": 1})
+        trainer = Trainer(
+            accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(MAEPretraining(model, warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=8, num_workers=0))
+        return float(trainer.callback_metrics["train/loss_step"]), model
+
+    base, _ = first_step_loss(MaskedAutoencoder)
+    l1, model = first_step_loss(L1MaskedAutoencoder)
+    pred, target = model.scored  # the removed patches of the first step, the same in both runs (same seeds)
+    assert pred.shape == (8, 12, 16)  # the fast path: 12 removed patches of 16 per image, nothing visible
+    assert l1 == pytest.approx(float((pred - target).abs().mean()), rel=1e-6)
+    assert base == pytest.approx(float(((pred - target) ** 2).mean()), rel=1e-5)
+    assert abs(l1 - base) > 1e-3

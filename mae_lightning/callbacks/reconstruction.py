@@ -17,20 +17,22 @@ from torchvision.utils import make_grid
 
 from mae_lightning.callbacks.strategy_forward import forward_through_strategy
 from mae_lightning.models.mae import MaskedAutoencoder
-from mae_lightning.ops import per_sample_noise
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 GRID_PADDING = 2
 MASK_GRAY = 0.5
 
 
-def fixed_mask_noise(num_images: int, num_patches: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
-    """The (num_images, num_patches) noise that fixes the masks of the shown images (the same every epoch).
+def fixed_mask_noise(
+    model: MaskedAutoencoder, num_images: int, mask_ratio: float, seed: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """The (num_images, L) noise that fixes the masks of the shown images (the same every epoch).
 
-    Row ``i`` is :func:`~mae_lightning.ops.per_sample_noise` of sample ``i``: with the pretraining module's
-    ``val_mask_seed`` the first validation images get the very masks that ``val/loss`` scores them with.
+    Row ``i`` is the model's :meth:`~mae_lightning.models.mae.MaskedAutoencoder.fixed_noise` of sample ``i``,
+    drawn by its masking strategy: with the pretraining module's ``val_mask_seed`` the first validation
+    images get the very masks that ``val/loss`` scores them with.
     """
-    return per_sample_noise(torch.arange(num_images), num_patches, seed).to(device)
+    return model.fixed_noise(torch.arange(num_images), mask_ratio, seed, device)
 
 
 @torch.no_grad()
@@ -161,7 +163,7 @@ class ReconstructionCallback(Callback):
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule, imgs: Tensor):
         model = pl_module.model
-        noise = fixed_mask_noise(imgs.shape[0], model.num_patches, self.mask_seed, imgs.device)
+        noise = fixed_mask_noise(model, imgs.shape[0], pl_module.mask_ratio, self.mask_seed, imgs.device)
         datamodule = getattr(trainer, "datamodule", None)
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
 

@@ -3,7 +3,9 @@
 A drop-in for facebookresearch/mae's ``MaskedAutoencoderViT``: the same constructor arguments,
 the same ``state_dict`` keys (an official ``*_full.pth`` loads with ``strict=True``), the same
 initialisation and the same ``forward(imgs, mask_ratio) -> (loss, pred, mask)``. Generalised to
-any channel count and to non-square images; ``noise`` fixes the masking when given.
+any channel count and to non-square images. Which patches are hidden is a separate choice
+(``masking``, see ``masking.py``); ``noise`` fixes the masking when given. What is scored per hidden
+patch is :meth:`MaskedAutoencoder.patch_loss`, the one place the loss is defined.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
-from mae_lightning.ops import gather_tokens, masking_order, num_kept, patchify, sincos_2d, unpatchify
+from mae_lightning.ops import gather_tokens, num_kept, patchify, sincos_2d, unpatchify
 
 
 class MaskedAutoencoder(nn.Module):
@@ -31,6 +34,8 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: hidden width of the MLPs relative to the block width.
         norm_pix_loss: regress per-patch normalised pixels (zero mean, unit variance per patch),
             the paper's default for its best results.
+        masking: which patches are hidden (:mod:`mae_lightning.masking`); None: :class:`RandomMasking`,
+            the paper's uniform sampling. Holds no parameters: the ``state_dict`` is the same for all.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class MaskedAutoencoder(nn.Module):
         decoder_num_heads: int = 16,
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
+        masking: MaskingStrategy | None = None,
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -57,6 +63,7 @@ class MaskedAutoencoder(nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
+        self.masking = RandomMasking() if masking is None else masking
 
         # Encoder: sees the visible patches and the cls token only.
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -129,13 +136,20 @@ class MaskedAutoencoder(nn.Module):
         """
         return self.decoder_pred(self._decode(latent, ids_restore))
 
+    def patch_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The loss of each predicted patch: mean squared error over its pixels.
+
+        pred, target: (..., p*p*C) -> (...). Every path (forward, forward_train, validation) scores
+        patches with this method, so a subclass that overrides it changes the training loss.
+        """
+        return ((pred - target) ** 2).mean(dim=-1)
+
     def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
-        """Mean squared error per patch, averaged over the removed patches only.
+        """:meth:`patch_loss` averaged over the removed patches only.
 
         imgs: (N, C, H, W), pred: (N, L, p*p*C), mask: (N, L) with 1 = removed -> scalar loss.
         """
-        target = self._target(self.patchify(imgs))
-        loss = ((pred - target) ** 2).mean(dim=-1)
+        loss = self.patch_loss(pred, self._target(self.patchify(imgs)))
         return (loss * mask).sum() / mask.sum()
 
     def forward(
@@ -146,10 +160,11 @@ class MaskedAutoencoder(nn.Module):
         Args:
             imgs: (N, C, H, W) images, normalised as in training.
             mask_ratio: share of patches removed, in (0, 1).
-            noise: optional (N, L) values fixing the mask (the smallest ``int(L * (1 - mask_ratio))`` are kept).
+            noise: optional (N, L) values fixing the mask (the smallest ``int(L * (1 - mask_ratio))`` are kept);
+                drawn by ``masking`` when None.
 
         Returns:
-            loss: scalar, MSE on the removed patches.
+            loss: scalar, :meth:`patch_loss` averaged over the removed patches.
             pred: (N, L, p*p*C) predicted patches (normalised per patch when ``norm_pix_loss``).
             mask: (N, L), 1 on removed patches.
         """
@@ -175,16 +190,23 @@ class MaskedAutoencoder(nn.Module):
         ids_removed = ids_shuffle[:, len_keep:]
         pred = self.decoder_pred(gather_tokens(self._decode(latent, ids_restore), ids_removed))
         target = self._target(gather_tokens(self.patchify(imgs), ids_removed))
-        return ((pred - target) ** 2).mean(), latent
+        return self.patch_loss(pred, target).mean(), latent
+
+    def fixed_noise(
+        self, sample_ids: Tensor, mask_ratio: float, seed: int, device: torch.device | str = "cpu"
+    ) -> Tensor:
+        """The ``noise`` of fixed masks from this model's masking strategy, one generator per sample.
+
+        sample_ids: (N,) integers -> (N, L), row ``i`` drawn from a generator seeded with ``(seed, sample_ids[i])``:
+        the same masks for any batch size, process count or device (validation, pictures, notebooks).
+        """
+        return self.masking.fixed_scores(sample_ids, self.grid_size, mask_ratio, seed).to(device)
 
     def _masking(self, imgs: Tensor, mask_ratio: float, noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int]:
         n, length = imgs.shape[0], self.num_patches
         if noise is None:
-            noise = torch.rand(n, length, device=imgs.device)
-        elif noise.shape != (n, length):
-            raise ValueError(f"noise must have shape (N, L) = {(n, length)}, got {tuple(noise.shape)}")
-        len_keep = num_kept(length, mask_ratio)
-        ids_shuffle, ids_restore, mask = masking_order(noise, len_keep)
+            noise = self.masking.scores(n, self.grid_size, mask_ratio, imgs.device)
+        ids_shuffle, ids_restore, mask, len_keep = mask_from_scores(noise, mask_ratio, (n, length))
         return ids_shuffle, ids_restore, mask.to(imgs.dtype), len_keep
 
     def _encode_visible(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
