@@ -73,6 +73,8 @@ class MAEPretraining(LightningModule):
     ) -> None:
         super().__init__()
         check_mask_ratio(mask_ratio, model.num_patches)
+        # A strategy that cannot hide this share on this grid (GridMasking) says so now, not at the first step.
+        model.fixed_noise(torch.zeros(1, dtype=torch.long), mask_ratio, seed=0)
         check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
         save_module_hparams(self, model)
         self.model = model

@@ -483,6 +483,16 @@ CONFIG_ERRORS = [
         ["ckpt_path", "missing.ckpt", "does not exist", "`last`"],
     ),
     (
+        "grid masking at a ratio it cannot make",
+        lambda tmp: [
+            "--model.init_args.model.init_args.masking",
+            '{"class_path": "mae_lightning.GridMasking"}',
+            "--model.init_args.mask_ratio",
+            "0.6",
+        ],
+        ["mask_ratio", "0.6"],
+    ),
+    (
         "init_weights that does not exist",
         lambda tmp: ["--model.init_args.init_weights", str(tmp / "mae_pretrain.pth")],
         ["model.init_args.init_weights", "mae_pretrain.pth", "does not exist"],
