@@ -56,7 +56,7 @@ def test_unreadable_files_are_skipped_named_and_counted(tmp_path, make_image, nu
         assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
     # Counted in the main process even when workers found them.
     assert dm.train_set.num_skipped == len(bad)
-    flagged = {Path(dm.train_set.samples[i]) for i in torch.nonzero(dm.train_set.bad).flatten().tolist()}
+    flagged = {Path(dm.train_set.samples[i][0]) for i in torch.nonzero(dm.train_set.bad).flatten().tolist()}
     assert flagged == set(bad)
     # (Worker processes warn on their own stderr; under pytest their warnings are captured in the
     # forked copy of pytest's recorder, so the naming is checked with 0 workers and in the next test.)
@@ -82,21 +82,34 @@ def test_too_many_unreadable_files_stop_with_the_setting_named(tmp_path, make_im
     assert "data.init_args.max_bad_image_fraction=0.1" in str(error.value)
 
 
-def test_a_folder_of_only_unreadable_files_stops(tmp_path):
+def test_a_folder_of_only_unreadable_files_stops_when_the_datamodule_is_made(tmp_path):
+    """Found before the run starts, in one line naming the folder and the setting to fix."""
     root = tmp_path / "images"
     root.mkdir()
     for i in range(4):
         (root / f"{i}.jpg").write_bytes(b"\xff\xd8 broken")
+    with pytest.raises(ValueError, match="none of the 4 image files under .*images.* can be read") as error:
+        datamodule(root, 0, max_bad_image_fraction=1.0)
+    assert "data.init_args.root" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_files_that_all_turn_unreadable_stop_the_reading(tmp_path, make_image):
+    """Files broken after the DataModule was made: reading stops instead of looping over them."""
+    root = tmp_path / "images"
+    for i in range(4):
+        make_image(root / f"{i}.jpg", seed=i)
     dm = datamodule(root, 0, max_bad_image_fraction=1.0)
+    for i in range(4):
+        (root / f"{i}.jpg").write_bytes(b"\xff\xd8 broken")
     with pytest.raises(RuntimeError, match="none of the 4 image files can be read"), pytest.warns(UserWarning):
         next(iter(dm.train_dataloader()))
 
 
-def test_a_folder_without_image_files_stops_at_setup(tmp_path):
+def test_a_folder_without_image_files_stops_when_the_datamodule_is_made(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
     (root / "readme.txt").write_text("no images here")
-    with pytest.raises(FileNotFoundError, match="no image files"):
+    with pytest.raises(FileNotFoundError, match="no image or array files .* found under .*images.*data.init_args.root"):
         datamodule(root, 0)
 
 

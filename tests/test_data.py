@@ -206,17 +206,38 @@ def test_missing_root_raises_file_not_found_naming_the_path(tmp_path):
         ImageFolderDataModule(missing, **LOADER)
 
 
-def test_folder_without_images_raises_file_not_found(tmp_path):
+def test_folder_without_images_raises_file_not_found_when_made(tmp_path):
+    """Found when the DataModule is made (the CLI turns it into one line), naming the folder and the setting."""
     (tmp_path / "readme.txt").write_text("no images here")
-    dm = ImageFolderDataModule(tmp_path, **LOADER)
-    with pytest.raises(FileNotFoundError):
-        dm.setup("fit")
+    with pytest.raises(FileNotFoundError, match=f"found under '{tmp_path}' \\(data.init_args.root\\)"):
+        ImageFolderDataModule(tmp_path, **LOADER)
 
 
-def test_empty_folder_raises_file_not_found(tmp_path):
-    dm = ImageFolderDataModule(tmp_path, **LOADER)
-    with pytest.raises(FileNotFoundError):
-        dm.setup("fit")
+def test_empty_folder_raises_file_not_found_when_made(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image or array files"):
+        ImageFolderDataModule(tmp_path, **LOADER)
+
+
+def test_empty_class_folder_is_named(tmp_path, make_image):
+    make_image(tmp_path / "cat" / "0.jpg")
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(FileNotFoundError, match="class folder .*dog.* holds no image or array file"):
+        ImageFolderDataModule(tmp_path, **LOADER)
+
+
+def test_empty_validation_folder_is_named(tmp_path, make_image):
+    make_image(tmp_path / "train" / "0.jpg")
+    (tmp_path / "val").mkdir()
+    with pytest.raises(FileNotFoundError, match="found under .*val'"):
+        ImageFolderDataModule(tmp_path, **LOADER)
+
+
+@pytest.mark.parametrize("in_chans", [2, 6])
+def test_image_files_with_another_channel_count_point_to_arrays(imagenet_style_root, in_chans):
+    with pytest.raises(ValueError, match=f"1, 3 or 4 channels, got in_chans={in_chans}") as error:
+        ImageFolderDataModule(imagenet_style_root, **LOADER, in_chans=in_chans)
+    message = str(error.value)
+    assert str(imagenet_style_root) in message and "data.init_args.in_chans" in message and ".npy" in message
 
 
 def test_batch_size_larger_than_the_training_set_is_rejected(imagenet_style_root):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,19 +108,49 @@ def masked_region_quality(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return psnr, ssim_map[hidden].mean()
 
 
-def panel_grid(panels: dict[str, Tensor]) -> Tensor:
-    """One row per image: original | masked | reconstruction | reconstruction + visible -> (3, H', W') in [0, 1]."""
+def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None) -> Tensor:
+    """One row per image: original | masked | reconstruction | reconstruction + visible -> (3, H', W') in [0, 1].
+
+    Args:
+        panels: the :func:`reconstruction_panels` of (N, C, H, W) images.
+        rgb_bands: the bands drawn as red, green and blue, or one band drawn grey (0-based). Default:
+            the first three bands of data with 3 or more, the first band in grey otherwise.
+    """
     keys = ("original", "masked", "reconstruction", "pasted")
     rows = torch.stack([panels[key] for key in keys], dim=1).flatten(0, 1)  # image-major, 4 per row
-    if rows.shape[1] not in (1, 3):
-        rows = rows[:, :3]  # show the first three bands of multi-band images
-    return make_grid(rows.cpu(), nrow=len(keys), padding=GRID_PADDING, pad_value=1.0)
+    num_bands = rows.shape[1]
+    bands = list(rgb_bands) if rgb_bands is not None else [0, 1, 2] if num_bands >= 3 else [0]
+    if max(bands) >= num_bands:
+        raise ValueError(f"rgb_bands={bands} names a band past the {num_bands} bands of the data (0-based)")
+    return make_grid(rows[:, bands].cpu(), nrow=len(keys), padding=GRID_PADDING, pad_value=1.0)
 
 
 def to_uint8(grid: Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    """(1 or 3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    if grid.shape[0] not in (1, 3):
+        raise ValueError(f"a picture has 1 or 3 channels, got {grid.shape[0]}: choose them with panel_grid's rgb_bands")
     array = (grid * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
+# A shown band of array data spans this many of its standard deviations either side of its mean.
+DISPLAY_SPREAD = 2.0
+
+
+def picture_statistics(datamodule) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The (mean, std) that :func:`reconstruction_panels` un-normalises a batch of ``datamodule`` with.
+
+    Image data: the data's own mean and std, which give the pixels back in [0, 1]. Array data
+    (``datamodule.file_kind == "array"``, values in their own units) have no [0, 1] range: un-normalised
+    with the data's per-band mean and std, each band is drawn from ``mean - 2 std`` (black) to
+    ``mean + 2 std`` (white) of that band, clipped beyond; composed, a normalised value ``z`` is drawn
+    at ``(z + 2) / 4``, hence the (0.5, 0.25) returned. The same stretch for every image, epoch,
+    original and reconstruction, so the pictures compare; PSNR and SSIM are measured on it too.
+    """
+    mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+    if getattr(datamodule, "file_kind", "image") == "array" and mean is not None:
+        return (0.5,) * len(mean), (0.5 / DISPLAY_SPREAD,) * len(mean)
+    return mean, std
 
 
 class ReconstructionCallback(Callback):
@@ -139,13 +169,25 @@ class ReconstructionCallback(Callback):
         every_n_epochs: draw every this many validation epochs.
         mask_seed: seed of the fixed masks.
         dirpath: folder of the PNG files (default: ``<log_dir>/reconstructions``).
+        rgb_bands: multi-band data: the bands drawn as red, green and blue (0-based, e.g. ``[3, 2, 1]`` for
+            Sentinel-2's B04, B03, B02), or one band drawn grey. Default: the first three bands, or the
+            first band in grey for data with fewer than three. Arrays are stretched per band from
+            mean - 2 std to mean + 2 std of the data (see :func:`picture_statistics`).
     """
 
     def __init__(
-        self, num_images: int = 8, every_n_epochs: int = 1, mask_seed: int = 0, dirpath: str | None = None
+        self,
+        num_images: int = 8,
+        every_n_epochs: int = 1,
+        mask_seed: int = 0,
+        dirpath: str | None = None,
+        rgb_bands: list[int] | None = None,
     ) -> None:
         if num_images < 1 or every_n_epochs < 1:
             raise ValueError(f"num_images and every_n_epochs must be >= 1, got {num_images}, {every_n_epochs}")
+        if rgb_bands is not None and (len(rgb_bands) not in (1, 3) or min(rgb_bands) < 0):
+            raise ValueError(f"rgb_bands must be 3 band indices (red, green, blue) or 1 (grey), >= 0; got {rgb_bands}")
+        self.rgb_bands = list(rgb_bands) if rgb_bands is not None else None
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.mask_seed = mask_seed
@@ -165,7 +207,7 @@ class ReconstructionCallback(Callback):
         model = pl_module.model
         noise = fixed_mask_noise(model, imgs.shape[0], pl_module.mask_ratio, self.mask_seed, imgs.device)
         datamodule = getattr(trainer, "datamodule", None)
-        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        mean, std = picture_statistics(datamodule)
 
         def forward(*args):
             return forward_through_strategy(trainer, pl_module, "forward", *args)
@@ -196,7 +238,7 @@ class ReconstructionCallback(Callback):
         psnr, ssim = masked_region_quality(panels)
         pl_module.log("val/recon_psnr_masked", psnr, rank_zero_only=True)
         pl_module.log("val/recon_ssim_masked", ssim, rank_zero_only=True)
-        image = to_uint8(panel_grid(panels))
+        image = to_uint8(panel_grid(panels, self.rgb_bands))
         caption = f"epoch {trainer.current_epoch}: {caption}"
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         for logger in wandb_loggers:
@@ -214,7 +256,7 @@ class ReconstructionCallback(Callback):
             return  # a classifier checkpoint: nothing to reconstruct
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
         if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._write(to_uint8(panel_grid(panels)), self._dir / "predict.png", caption)
+            self._write(to_uint8(panel_grid(panels, self.rgb_bands)), self._dir / "predict.png", caption)
 
     @staticmethod
     def _write(image: np.ndarray, path: Path, caption: str) -> None:

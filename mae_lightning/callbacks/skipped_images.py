@@ -1,4 +1,4 @@
-"""Log how many unreadable image files the training data skipped."""
+"""Log how many unreadable files (images or arrays) the training data skipped."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ class LogSkippedImages(Callback):
     """Log ``data/skipped_images`` at the end of every training epoch and warn when it is not zero.
 
     The count comes from the training set's ``num_skipped`` (see ``SkipUnreadable``), which workers
-    update through shared memory; datasets without it are left alone.
+    update through shared memory; datasets without it are left alone. Bad arrays (unreadable, wrong
+    shape, NaN or infinite values) count here as bad images do; the metric keeps its name.
     """
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -20,4 +21,5 @@ class LogSkippedImages(Callback):
             return
         pl_module.log("data/skipped_images", float(skipped), on_epoch=True, on_step=False, reduce_fx="max")
         if skipped:
-            rank_zero_warn(f"{skipped} of {len(dataset)} training image files were unreadable and skipped so far")
+            kind = getattr(dataset, "kind", "image")
+            rank_zero_warn(f"{skipped} of {len(dataset)} training {kind} files were unreadable and skipped so far")

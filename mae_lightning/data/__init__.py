@@ -1,5 +1,6 @@
 """Data: DataModules (one per source) and the MAE transforms."""
 
+from mae_lightning.data.arrays import ReadArray
 from mae_lightning.data.datamodule import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -8,15 +9,17 @@ from mae_lightning.data.datamodule import (
     MAEDataModule,
     STL10DataModule,
 )
-from mae_lightning.data.datasets import Digits, FlatImageFolder
+from mae_lightning.data.datasets import Digits, FileList, FlatImageFolder
 
 __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "Digits",
     "DigitsDataModule",
+    "FileList",
     "FlatImageFolder",
     "ImageFolderDataModule",
     "MAEDataModule",
+    "ReadArray",
     "STL10DataModule",
 ]

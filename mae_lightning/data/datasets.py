@@ -1,4 +1,4 @@
-"""Datasets that torchvision does not ship: the offline digits set and a folder of unlabelled images."""
+"""Datasets that torchvision does not ship: the offline digits set, listed files, a folder of unlabelled images."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def is_image_file(path: str) -> bool:
 
 
 class UnreadableImageError(Exception):
-    """An image file that PIL cannot decode (empty, truncated, not an image, too large)."""
+    """A data file that cannot be used: an image PIL cannot decode (empty, truncated, not an image, too
+    large), or an array that cannot be read or has the wrong shape or non-finite values (``data/arrays.py``)."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -113,8 +114,43 @@ class FlatImageFolder(Dataset):
         return img, -1
 
 
+class FileList(Dataset):
+    """Listed files and their targets: a folder's dataset once it is listed (see ``data/folders.py``).
+
+    Args:
+        samples: (path, target) pairs; target -1 for an unlabelled file.
+        classes: the class names that targets index (empty when unlabelled).
+        loader: reads one file; raises :class:`UnreadableImageError` for a bad one.
+        transform: applied to what the loader returns.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        loader: Callable,
+        transform: Callable | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.targets = [target for _, target in self.samples]
+        self.loader = loader
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        sample = self.loader(path)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample, target
+
+
 class SkipUnreadable(Dataset):
-    """Replace an unreadable image by the next readable one, warn naming the file, and count it.
+    """Replace an unreadable file (image or array) by the next readable one, warn naming the file, and count it.
 
     The marks live in shared memory, so files found bad in DataLoader workers are counted in the
     main process too (``num_skipped``). When more than ``max_bad_fraction`` of all files are bad
@@ -124,13 +160,15 @@ class SkipUnreadable(Dataset):
         dataset: a dataset with ``samples`` (paths, or (path, target) pairs) whose loader raises
             :class:`UnreadableImageError`.
         max_bad_fraction: share of unreadable files tolerated, in [0, 1].
+        kind: what the files are, in messages: ``"image"`` or ``"array"``.
     """
 
-    def __init__(self, dataset: Dataset, max_bad_fraction: float) -> None:
+    def __init__(self, dataset: Dataset, max_bad_fraction: float, kind: str = "image") -> None:
         if not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_image_fraction must be in [0, 1], got {max_bad_fraction}")
         self.dataset = dataset
         self.max_bad_fraction = max_bad_fraction
+        self.kind = kind
         self.bad = torch.zeros(len(dataset), dtype=torch.bool).share_memory_()  # type: ignore[arg-type]
 
     @property
@@ -156,15 +194,15 @@ class SkipUnreadable(Dataset):
                 return self.dataset[candidate]
             except UnreadableImageError as err:
                 self._mark_bad(candidate, err)
-        raise RuntimeError(f"none of the {size} image files can be read (first: {_path_of(self.dataset, 0)})")
+        raise RuntimeError(f"none of the {size} {self.kind} files can be read (first: {_path_of(self.dataset, 0)})")
 
     def _mark_bad(self, index: int, err: UnreadableImageError) -> None:
         self.bad[index] = True
-        warnings.warn(f"skipping unreadable image {err}", stacklevel=2)
+        warnings.warn(f"skipping unreadable {self.kind} {err}", stacklevel=2)
         skipped, total = self.num_skipped, len(self.bad)
         if skipped > self.max_bad_fraction * total:
             raise RuntimeError(
-                f"{skipped} of {total} image files are unreadable (last: {err.path}), more than "
+                f"{skipped} of {total} {self.kind} files are unreadable (last: {err.path}), more than "
                 f"data.init_args.max_bad_image_fraction={self.max_bad_fraction}: fix or remove them, "
                 "or raise that setting (a value in [0, 1])"
             )

@@ -32,7 +32,10 @@ class ReadImageUint8:
 
     def __init__(self, in_chans: int) -> None:
         if in_chans not in _READ_MODES:
-            raise ValueError(f"image files can be decoded to 1, 3 or 4 channels, got in_chans={in_chans}")
+            raise ValueError(
+                f"image files can be decoded to 1, 3 or 4 channels, got in_chans={in_chans}; other band counts "
+                "are read from arrays (.npy, multi-band .tif)"
+            )
         self.mode = _READ_MODES[in_chans]
 
     def __call__(self, path: str) -> Tensor:

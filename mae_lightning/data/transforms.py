@@ -20,8 +20,9 @@ class ToChannels:
     def __init__(self, in_chans: int) -> None:
         if in_chans not in _MODES:
             raise ValueError(
-                f"image files can be read as 1, 3 or 4 channels, got in_chans={in_chans}; "
-                "for other band counts use a dataset that returns tensors"
+                f"image files can be read as 1, 3 or 4 channels, got in_chans={in_chans}; for other band counts "
+                "store the bands as arrays (.npy shaped (C, H, W) or multi-band .tif), which ImageFolderDataModule "
+                "reads with any in_chans"
             )
         self.mode = _MODES[in_chans]
 
