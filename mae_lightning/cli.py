@@ -16,7 +16,6 @@ import torch
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -100,6 +99,7 @@ class MAECLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         check_wandb_can_start(config)
+        drop_checkpoint_callbacks_when_off(config)
         checkpoint = resolve_ckpt_path(config)
         if checkpoint is not None:
             continue_wandb_run(config, checkpoint)
@@ -112,10 +112,6 @@ class MAECLI(LightningCLI):
         # Lightning's default stages a checkpoint in the system temp folder (see checkpoint_io.py).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if trainer.fast_dev_run:
-            # A debug run saves nothing, as Lightning intends; 2.6 still writes `last.ckpt` at the end of
-            # training for a ModelCheckpoint with `save_last`, so the run has none.
-            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
 
     def instantiate_classes(self) -> None:
@@ -129,6 +125,19 @@ class MAECLI(LightningCLI):
                 chain.append(chain[-1].__cause__)
             messages = (one_line_error(str(e)) for e in reversed(chain))
             raise ConfigError(next((m for m in messages if m), str(err))) from None
+
+
+def drop_checkpoint_callbacks_when_off(config) -> None:
+    """``enable_checkpointing: false`` or ``fast_dev_run`` removes the config's ModelCheckpoint callbacks.
+
+    Lightning refuses a ModelCheckpoint next to ``enable_checkpointing=False``, and in ``fast_dev_run``
+    (which means to save nothing) 2.6 still writes ``last.ckpt`` at the end for one with ``save_last``.
+    """
+    trainer = config.get("trainer", {})
+    callbacks = trainer.get("callbacks")
+    if not callbacks or (trainer.get("enable_checkpointing") is not False and not trainer.get("fast_dev_run")):
+        return
+    trainer["callbacks"] = [c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
 
 
 def check_wandb_can_start(config) -> None:
