@@ -20,7 +20,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mae_lightning.callbacks import (
+from mae_lightning.models.weights import ARCHITECTURE_KEYS, WeightsMismatchError, checkpoint_architecture
+from mae_lightning.runtime import (
+    AtomicCheckpointIO,
     CheckpointOnPreemption,
     KeepWandbRunId,
     LogSkippedImages,
@@ -28,9 +30,7 @@ from mae_lightning.callbacks import (
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
 )
-from mae_lightning.callbacks.wandb_resume import run_id_in_checkpoint
-from mae_lightning.checkpoint_io import AtomicCheckpointIO
-from mae_lightning.models.weights import ARCHITECTURE_KEYS, WeightsMismatchError, checkpoint_architecture
+from mae_lightning.runtime.wandb_resume import run_id_in_checkpoint
 
 # Lines of jsonargparse's nested union report that say nothing to a user.
 _NOISE = (

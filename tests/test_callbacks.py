@@ -154,7 +154,7 @@ def test_reconstruction_every_n_epochs(tmp_path):
 
 
 def test_each_rank_draws_its_own_reproducible_stream(monkeypatch):
-    from mae_lightning.callbacks.rng_state import seed_rank
+    from mae_lightning.runtime.rng_state import seed_rank
 
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
 

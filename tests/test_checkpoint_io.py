@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae_lightning.checkpoint_io import AtomicCheckpointIO
+from mae_lightning.runtime.checkpoint_io import AtomicCheckpointIO
 
 
 def _checkpoint(value: float) -> dict:
@@ -48,7 +48,7 @@ def test_the_new_checkpoint_is_renamed_in_from_its_own_folder(tmp_path, monkeypa
 
 CHILD = """
 import os, signal, sys, torch
-from mae_lightning.checkpoint_io import AtomicCheckpointIO
+from mae_lightning.runtime.checkpoint_io import AtomicCheckpointIO
 path = sys.argv[1]
 AtomicCheckpointIO().save_checkpoint({"global_step": 1, "w": torch.ones(512, 512)}, path)
 def killed_mid_write(obj, f, *args, **kwargs):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from mae_lightning.callbacks.strategy_forward import forward_through_strategy
+from mae_lightning.runtime.strategy_forward import forward_through_strategy
 
 
 def knn_scores(

@@ -15,8 +15,8 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision.utils import make_grid
 
-from mae_lightning.callbacks.strategy_forward import forward_through_strategy
 from mae_lightning.models.mae import MaskedAutoencoder
+from mae_lightning.runtime.strategy_forward import forward_through_strategy
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 GRID_PADDING = 2

@@ -1,0 +1,23 @@
+"""What keeps runs alive and right, apart from the method: nothing here changes what MAE learns.
+
+Atomic checkpoint writes, the per-rank random state, the W&B run id, a checkpoint on SIGTERM, the stop on
+a non-finite loss, the count of skipped files, and running the model through a strategy's wrapper.
+The command line adds these callbacks to every run (``cli.py``).
+"""
+
+from mae_lightning.runtime.checkpoint_io import AtomicCheckpointIO
+from mae_lightning.runtime.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
+from mae_lightning.runtime.preemption import CheckpointOnPreemption
+from mae_lightning.runtime.rng_state import RNGStateCheckpoint
+from mae_lightning.runtime.skipped_images import LogSkippedImages
+from mae_lightning.runtime.wandb_resume import KeepWandbRunId
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointOnPreemption",
+    "KeepWandbRunId",
+    "LogSkippedImages",
+    "NonFiniteLossError",
+    "RNGStateCheckpoint",
+    "StopOnNonFiniteLoss",
+]
