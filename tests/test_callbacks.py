@@ -9,7 +9,7 @@ from PIL import Image
 
 from mae_lightning import DigitsDataModule, KNNMonitor, MAEPretraining, MaskedAutoencoder, ReconstructionCallback
 from mae_lightning.callbacks.knn import knn_scores
-from mae_lightning.callbacks.reconstruction import GRID_PADDING, MASK_GRAY, fixed_mask_noise
+from mae_lightning.callbacks.reconstruction import GRID_PADDING, HEADER_HEIGHT, MASK_GRAY, MIN_CELL, fixed_mask_noise
 
 
 def small_model(norm_pix_loss=False):
@@ -102,7 +102,7 @@ def test_knn_monitor_rejects_bad_settings():
 
 
 def _cell(image: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    y = GRID_PADDING + row * (size + GRID_PADDING)
+    y = HEADER_HEIGHT + GRID_PADDING + row * (size + GRID_PADDING)
     x = GRID_PADDING + col * (size + GRID_PADDING)
     return image[y : y + size, x : x + size, 0].astype(int)
 
@@ -118,19 +118,23 @@ def test_reconstruction_pngs_show_masked_and_pasted_images(tmp_path, norm_pix_lo
     assert sorted(p.name for p in folder.iterdir()) == ["epoch=0000.png", "epoch=0001.png"]
     png = Image.open(folder / "epoch=0001.png")
     image = np.asarray(png)
-    size, rows, cols = 16, 3, 4
-    assert image.shape == (GRID_PADDING + rows * (size + GRID_PADDING), GRID_PADDING + cols * (size + GRID_PADDING), 3)
+    # 16 px images are drawn 6x larger (96 px cells, nearest neighbour) under a band of column names.
+    size, rows, cols = MIN_CELL, 3, 4
+    height, width = GRID_PADDING + rows * (size + GRID_PADDING), GRID_PADDING + cols * (size + GRID_PADDING)
+    assert image.shape == (HEADER_HEIGHT + height, width, 3)
+    assert (image[:HEADER_HEIGHT] < 128).any() and (image[:HEADER_HEIGHT] == 255).mean() > 0.5  # dark text on white
     assert "reconstruction" in png.text["Description"]
     assert ("un-normalised" in png.text["Description"]) == norm_pix_loss
 
     # the masks of the fixed seed: 75% of the 16 patches hidden
     mask = 1 - fixed_mask_noise(module.model, 3, 0.75, seed=7).argsort(dim=1).argsort(dim=1).lt(4).float()
     pixel_mask = module.model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, 16))[:, 0].bool().numpy()
+    pixel_mask = pixel_mask.repeat(6, axis=1).repeat(6, axis=2)
     gray = round(MASK_GRAY * 255)
     for row in range(rows):
         original, masked, _, pasted = (_cell(image, row, col, size) for col in range(cols))
         hidden = pixel_mask[row]
-        assert hidden.sum() == 12 * 16
+        assert hidden.sum() == 12 * 16 * 36
         # visible areas are the original, in the masked and in the pasted pictures
         np.testing.assert_array_equal(masked[~hidden], original[~hidden])
         np.testing.assert_array_equal(pasted[~hidden], original[~hidden])

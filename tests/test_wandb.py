@@ -280,5 +280,7 @@ def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home:
     assert len(pngs) == 1
     from PIL import Image
 
-    # 8 rows of 4 panels of 16x16 with 2-pixel padding
-    assert Image.open(pngs[0]).size == (2 + 4 * 18, 2 + 8 * 18)
+    # 8 rows of 4 panels of 16x16 drawn at 96x96 with 2-pixel padding, under the column names
+    from mae_lightning.callbacks.reconstruction import HEADER_HEIGHT
+
+    assert Image.open(pngs[0]).size == (2 + 4 * 98, HEADER_HEIGHT + 2 + 8 * 98)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from PIL import Image
+from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -19,8 +20,11 @@ from mae_lightning.models.mae import MaskedAutoencoder
 from mae_lightning.runtime.strategy_forward import forward_through_strategy
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+COLUMN_LABELS = ("original", "masked", "reconstruction", "+ visible")  # short enough for a 96 px cell
 GRID_PADDING = 2
 MASK_GRAY = 0.5
+MIN_CELL = 96  # pixels a side of a shown image, at least
+HEADER_HEIGHT = 14  # the band of column names above a grid
 
 
 def fixed_mask_noise(
@@ -108,13 +112,15 @@ def masked_region_quality(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return psnr, ssim_map[hidden].mean()
 
 
-def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None) -> Tensor:
+def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None, min_cell: int = MIN_CELL) -> Tensor:
     """One row per image: original | masked | reconstruction | reconstruction + visible -> (3, H', W') in [0, 1].
 
     Args:
         panels: the :func:`reconstruction_panels` of (N, C, H, W) images.
         rgb_bands: the bands drawn as red, green and blue, or one band drawn grey (0-based). Default:
             the first three bands of data with 3 or more, the first band in grey otherwise.
+        min_cell: images smaller than this many pixels a side are enlarged by a whole factor, nearest
+            neighbour (each pixel a block, patches stay sharp), so that 32 px images are readable.
     """
     keys = ("original", "masked", "reconstruction", "pasted")
     rows = torch.stack([panels[key] for key in keys], dim=1).flatten(0, 1)  # image-major, 4 per row
@@ -122,7 +128,23 @@ def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None
     bands = list(rgb_bands) if rgb_bands is not None else [0, 1, 2] if num_bands >= 3 else [0]
     if max(bands) >= num_bands:
         raise ValueError(f"rgb_bands={bands} names a band past the {num_bands} bands of the data (0-based)")
-    return make_grid(rows[:, bands].cpu(), nrow=len(keys), padding=GRID_PADDING, pad_value=1.0)
+    factor = math.ceil(min_cell / min(rows.shape[-2:]))
+    rows = rows[:, bands].cpu()
+    if factor > 1:
+        rows = rows.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return make_grid(rows, nrow=len(keys), padding=GRID_PADDING, pad_value=1.0)
+
+
+def with_column_labels(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 grid of :func:`panel_grid` -> (HEADER_HEIGHT + H, W, 3) with each column's name above it."""
+    cell = (image.shape[1] - GRID_PADDING) // len(COLUMNS) - GRID_PADDING
+    header = Image.new("RGB", (image.shape[1], HEADER_HEIGHT), "white")
+    draw = ImageDraw.Draw(header)
+    for col, name in enumerate(COLUMN_LABELS):
+        left = GRID_PADDING + col * (cell + GRID_PADDING)
+        width = draw.textlength(name)
+        draw.text((left + max((cell - width) / 2, 0), 2), name, fill="black")
+    return np.concatenate([np.asarray(header), image], axis=0)
 
 
 def to_uint8(grid: Tensor) -> np.ndarray:
@@ -238,7 +260,7 @@ class ReconstructionCallback(Callback):
         psnr, ssim = masked_region_quality(panels)
         pl_module.log("val/recon_psnr_masked", psnr, rank_zero_only=True)
         pl_module.log("val/recon_ssim_masked", ssim, rank_zero_only=True)
-        image = to_uint8(panel_grid(panels, self.rgb_bands))
+        image = self._picture(panels)
         caption = f"epoch {trainer.current_epoch}: {caption}"
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         for logger in wandb_loggers:
@@ -256,7 +278,10 @@ class ReconstructionCallback(Callback):
             return  # a classifier checkpoint: nothing to reconstruct
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
         if trainer.is_global_zero and not trainer.fast_dev_run:
-            self._write(to_uint8(panel_grid(panels, self.rgb_bands)), self._dir / "predict.png", caption)
+            self._write(self._picture(panels), self._dir / "predict.png", caption)
+
+    def _picture(self, panels: dict[str, Tensor]) -> np.ndarray:
+        return with_column_labels(to_uint8(panel_grid(panels, self.rgb_bands)))
 
     @staticmethod
     def _write(image: np.ndarray, path: Path, caption: str) -> None:
