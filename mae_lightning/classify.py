@@ -154,6 +154,11 @@ class ImageClassification(LightningModule):
         self._param_shapes = parameter_shapes(self.model)
 
     # ------------------------------------------------------------------ steps
+    def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
+        # Per step this process's loss (no synchronisation); per epoch the mean over every process.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+
     def features(self, imgs: Tensor) -> Tensor:
         """Pooled features before the head: (N, C, H, W) -> (N, D)."""
         return self.model.forward_features(imgs)
@@ -247,9 +252,7 @@ class LinearProbe(ImageClassification):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs, targets = batch[0], batch[1]
         loss = F.cross_entropy(self(imgs), targets)
-        # Per step this process's loss (no synchronisation); per epoch the mean over every process.
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
+        self._log_train_loss(loss, imgs.shape[0])
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -350,9 +353,7 @@ class FineTune(ImageClassification):
             soft = F.one_hot(targets, self.num_classes).to(imgs.dtype)
         logits = self(imgs)
         loss = torch.sum(-self.soft_targets(soft) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        # Per step this process's loss (no synchronisation); per epoch the mean over every process.
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
+        self._log_train_loss(loss, imgs.shape[0])
         # The peak (unscaled) lr: the head's groups have lr_scale 1.
         lr = max(group["lr"] for group in self.trainer.optimizers[0].param_groups)
         self.log("lr", lr, on_step=True, on_epoch=False)

@@ -223,7 +223,7 @@ class MAEPretraining(LightningModule):
     def forward_features(self, imgs: Tensor) -> Tensor:
         """The encoder on every patch, no masking: imgs (N, C, H, W) -> tokens (N, 1 + L, D).
 
-        The monitors call it through the strategy's wrapper (see ``callbacks/strategy_forward.py``), so
+        The monitors call it through the strategy's wrapper (see ``runtime/strategy_forward.py``), so
         under FSDP every process takes part and the sharded weights are gathered as in a training step.
         """
         return self.model.forward_features(imgs)
