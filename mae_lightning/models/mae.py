@@ -6,20 +6,33 @@ initialisation and the same ``forward(imgs, mask_ratio) -> (loss, pred, mask)``.
 any channel count and to non-square images. Which patches are hidden is a separate choice
 (``masking``, see ``masking.py``); ``noise`` fixes the masking when given. What is scored per hidden
 patch is :meth:`MaskedAutoencoder.patch_loss`, the one place the loss is defined.
+
+Two settings make pretraining cheaper, both from CrossMAE (Fu et al., 2024), both in :meth:`MaskedAutoencoder._decode`,
+the one decoder of every path: ``decoder_keep_ratio`` (partial reconstruction: a training step decodes and scores
+a random share of the removed patches) and ``decoder="cross"`` (mask-token queries cross-attend to the visible
+tokens instead of joining them in self-attention). The defaults are the paper's decoder and loss, bit for bit.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores
-from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
+from mae_lightning.models.vit import Block, CrossAttentionBlock, LayerNorm, PatchEmbed
 from mae_lightning.ops import gather_tokens, num_kept, patchify, sincos_2d, unpatchify
 
 
 class MaskedAutoencoder(nn.Module):
     """ViT encoder on the visible patches, light transformer decoder, MSE on the masked patches.
+
+    Partial reconstruction (``decoder_keep_ratio`` < 1) is a training economy: :meth:`forward_train` in training
+    mode decodes and scores a random subset of the removed patches. In eval mode (validation and test, whose
+    ``val/loss`` is :meth:`forward_train` on fixed masks) and in :meth:`forward` (the official output, the
+    reconstruction pictures) every removed patch is reconstructed and scored, so ``val/loss`` stays comparable
+    between runs with different keep ratios.
 
     Args:
         img_size: image side, or (height, width); each must be a multiple of ``patch_size``.
@@ -36,6 +49,15 @@ class MaskedAutoencoder(nn.Module):
             the paper's default for its best results.
         masking: which patches are hidden (:mod:`mae_lightning.masking`); None: :class:`RandomMasking`,
             the paper's uniform sampling. Holds no parameters: the ``state_dict`` is the same for all.
+        decoder: ``"self"``, the paper's decoder (transformer blocks over the visible tokens and the mask
+            tokens together), or ``"cross"``, CrossMAE's (Fu et al., 2024): each mask-token query attends to the
+            visible tokens and the cls token only (cross-attention, no attention among the queries), so its cost
+            grows linearly with the number of patches decoded. Either way the decoder's own weights are
+            ``decoder_blocks.*``; the encoder and its ``state_dict`` are the same.
+        decoder_keep_ratio: share of the removed patches that a training step decodes and scores, in (0, 1]:
+            ``max(1, round(num_removed * decoder_keep_ratio))`` of them, drawn uniformly per sample from the global
+            torch generator (saved in checkpoints, so a resumed run repeats the draw). 1.0: all of them (the paper).
+            Validation, test and :meth:`forward` always reconstruct every removed patch.
     """
 
     def __init__(
@@ -52,6 +74,8 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
         masking: MaskingStrategy | None = None,
+        decoder: Literal["self", "cross"] = "self",
+        decoder_keep_ratio: float = 1.0,
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -60,10 +84,16 @@ class MaskedAutoencoder(nn.Module):
         for name, width in (("embed_dim", embed_dim), ("decoder_embed_dim", decoder_embed_dim)):
             if width % 4:
                 raise ValueError(f"{name} must be divisible by 4 for the 2-D sin-cos table, got {width}")
+        if decoder not in ("self", "cross"):
+            raise ValueError(f"decoder must be 'self' or 'cross', got {decoder!r}")
+        if not 0.0 < decoder_keep_ratio <= 1.0:
+            raise ValueError(f"decoder_keep_ratio must be in (0, 1], got {decoder_keep_ratio}")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
         self.masking = RandomMasking() if masking is None else masking
+        self.decoder = decoder
+        self.decoder_keep_ratio = decoder_keep_ratio
 
         # Encoder: sees the visible patches and the cls token only.
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -79,8 +109,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
+        block = CrossAttentionBlock if decoder == "cross" else Block
         self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
+            [block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
         )
         self.decoder_norm = LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
@@ -130,11 +161,14 @@ class MaskedAutoencoder(nn.Module):
         return self._encode_visible(imgs, ids_shuffle[:, :len_keep]), mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Predict every patch's pixels.
+        """Predict every patch's pixels (the cross decoder queries the visible patches too).
 
         latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*C).
         """
-        return self.decoder_pred(self._decode(latent, ids_restore))
+        ids_shuffle = _inverse_permutation(ids_restore)
+        len_keep = latent.shape[1] - 1
+        decoded = self._decode(latent, ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:], every_patch=True)
+        return self.decoder_pred(decoded)
 
     def patch_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of each predicted patch: mean squared error over its pixels.
@@ -182,15 +216,39 @@ class MaskedAutoencoder(nn.Module):
         The pixel head and the loss run on the removed patches only: every sample removes the same
         number of patches, so the mean over the removed patches of the batch equals the official
         masked average, and the predictions of visible patches, which the loss ignores, are never
-        computed. imgs: (N, C, H, W) -> loss (scalar), latent (N, 1 + L_keep, D).
+        computed. In training mode with ``decoder_keep_ratio`` < 1 the decoder sees and scores only the
+        subset of :meth:`scored_patches` (partial reconstruction); in eval mode every removed patch.
+        imgs: (N, C, H, W) -> loss (scalar), latent (N, 1 + L_keep, D).
         """
         check_mask_ratio(mask_ratio, self.num_patches)
-        ids_shuffle, ids_restore, _, len_keep = self._masking(imgs, mask_ratio, noise)
-        latent = self._encode_visible(imgs, ids_shuffle[:, :len_keep])
-        ids_removed = ids_shuffle[:, len_keep:]
-        pred = self.decoder_pred(gather_tokens(self._decode(latent, ids_restore), ids_removed))
-        target = self._target(gather_tokens(self.patchify(imgs), ids_removed))
+        ids_shuffle, _, _, len_keep = self._masking(imgs, mask_ratio, noise)
+        ids_keep, ids_removed = ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:]
+        latent = self._encode_visible(imgs, ids_keep)
+        ids_scored = self.scored_patches(ids_removed) if self.training else ids_removed
+        pred = self.decoder_pred(self._decode(latent, ids_keep, ids_scored))
+        target = self._target(gather_tokens(self.patchify(imgs), ids_scored))
         return self.patch_loss(pred, target).mean(), latent
+
+    def num_scored(self, num_removed: int) -> int:
+        """How many of ``num_removed`` patches a training step decodes and scores: at least one."""
+        return max(1, round(num_removed * self.decoder_keep_ratio))
+
+    def scored_patches(self, ids_removed: Tensor) -> Tensor:
+        """The removed patches that a training step decodes and scores (partial reconstruction).
+
+        ids_removed: (N, M) patch indices -> (N, :meth:`num_scored` (M)): ``ids_removed`` itself when all are kept
+        (no random draw: the default consumes no random numbers), else a uniform subset per sample, in random
+        order. Drawn by the global torch generator of the batch's device, whose state a checkpoint saves, so a
+        resumed run repeats the subsets. The draw is the same for every masking strategy: the order in which a
+        strategy removes patches is not random for all of them (``BlockMasking`` ranks its top-up patches before
+        its blocks, ``GridMasking`` removes in row-major order), so taking its first patches would bias the subset.
+        """
+        num_removed = ids_removed.shape[1]
+        count = self.num_scored(num_removed)
+        if count == num_removed:
+            return ids_removed
+        picks = torch.rand(ids_removed.shape, device=ids_removed.device).argsort(dim=1)[:, :count]
+        return ids_removed.gather(1, picks)
 
     def fixed_noise(
         self, sample_ids: Tensor, mask_ratio: float, seed: int, device: torch.device | str = "cpu"
@@ -219,19 +277,39 @@ class MaskedAutoencoder(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def _decode(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> decoded patch tokens (N, L, D_dec), cls dropped."""
+    def _decode(self, latent: Tensor, ids_keep: Tensor, ids_masked: Tensor, every_patch: bool = False) -> Tensor:
+        """The decoder, after ``decoder_norm``: the one place both decoders and partial reconstruction live.
+
+        latent: (N, 1 + K, D) the encoded cls and visible tokens, ids_keep: (N, K) their patches, ids_masked: (N, Q)
+        removed patches to reconstruct (all of them or a subset) -> (N, Q, D_dec), in the order of ``ids_masked``.
+        With ``every_patch`` (``ids_keep`` and ``ids_masked`` then cover the image) -> (N, L, D_dec) in patch order,
+        the visible patches included: the official output.
+        """
+        table = self.decoder_pos_embed[0]
         x = self.decoder_embed(latent)
-        n, _, dim = x.shape
-        num_masked = ids_restore.shape[1] + 1 - x.shape[1]
-        # Append the mask tokens after the visible ones, then unshuffle to the original order.
-        x_ = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)
-        x_ = gather_tokens(x_, ids_restore)
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        # Every token carries its patch's position (the cls token the table's first row), so the decoder can lay
+        # the tokens out in any order.
+        positions = torch.cat([table[:1].expand(x.shape[0], 1, -1), table[1:][ids_keep]], dim=1)
+        visible = x + positions
+        if self.decoder == "cross":
+            if every_patch:
+                ids_masked = torch.arange(self.num_patches, device=ids_keep.device).expand(x.shape[0], -1)
+            queries = self.mask_token + table[1:][ids_masked]
+            for block in self.decoder_blocks:
+                queries = block(queries, visible)
+            return self.decoder_norm(queries)
+        # One sequence of the visible tokens and a mask token per patch to reconstruct, in patch order: with every
+        # patch the official layout. Attention does not depend on the order, the last bits of its sums do.
+        order = torch.cat([ids_keep, ids_masked], dim=1).argsort(dim=1)
+        tokens = torch.cat([visible[:, 1:], self.mask_token + table[1:][ids_masked]], dim=1)
+        x = torch.cat([visible[:, :1], gather_tokens(tokens, order)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
-        # The pixel head is per token, so dropping the cls token before it gives the official output.
-        return self.decoder_norm(x[:, 1:, :])
+        # Per-token layers from here on: dropping the cls token before them gives the official output.
+        x = self.decoder_norm(x[:, 1:])
+        if every_patch:
+            return x
+        return gather_tokens(x, _inverse_permutation(order)[:, ids_keep.shape[1] :])
 
     def _target(self, patches: Tensor) -> Tensor:
         """Pixels to regress: patches (..., p*p*C), normalised per patch when ``norm_pix_loss``."""
@@ -268,6 +346,12 @@ def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio}")
     if num_kept(num_patches, mask_ratio) < 1:
         raise ValueError(f"mask_ratio={mask_ratio} keeps no patch visible out of {num_patches}: lower it")
+
+
+def _inverse_permutation(order: Tensor) -> Tensor:
+    """order: (N, T), a permutation of 0..T-1 per row -> its inverse (N, T), by a scatter instead of a sort."""
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:

@@ -2,7 +2,8 @@
 
 ``PatchEmbed.proj``, ``Block.norm1/attn.qkv/attn.proj/norm2/mlp.fc1/mlp.fc2``: the same keys as
 ``timm.models.vision_transformer``, so state dicts move between this project, timm and the
-official MAE code without renaming.
+official MAE code without renaming. ``CrossAttentionBlock`` (the CrossMAE decoder's block) uses
+CrossMAE's names: ``norm1/cross_attn.q/cross_attn.kv/cross_attn.proj/norm2/mlp.fc1/mlp.fc2``.
 """
 
 from __future__ import annotations
@@ -131,3 +132,55 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries to another set of tokens, with PyTorch's SDPA kernel.
+
+    Queries come from ``x`` alone (``q``), keys and values from ``context`` (a fused ``kv``), as in
+    CrossMAE (Fu et al., 2024): the queries never attend to each other.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=True)
+        self.kv = nn.Linear(dim, dim * 2, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x: (N, T, D) queries, context: (N, S, D) -> (N, T, D)."""
+        n, t, d = x.shape
+        head_dim = d // self.num_heads
+        q = self.q(x).reshape(n, t, self.num_heads, head_dim).transpose(1, 2)
+        kv = self.kv(context).reshape(n, context.shape[1], 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention block: ``x + cross_attn(norm1(x), context)`` then ``x + mlp(norm2(x))``.
+
+    The context is used as given (CrossMAE's choice): in the MAE decoder it is the encoder's output,
+    already normalised by the encoder's final norm before ``decoder_embed``.
+
+    Args:
+        dim: token width of the queries and of the context.
+        num_heads: attention heads.
+        mlp_ratio: hidden width of the MLP relative to ``dim``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x: (N, T, D) queries, context: (N, S, D) -> (N, T, D)."""
+        x = x + self.cross_attn(self.norm1(x), context)
+        return x + self.mlp(self.norm2(x))
