@@ -540,3 +540,27 @@ def test_model_geometry_cannot_contradict_the_data(make_args, tmp_path: Path, ca
     assert cli.trainer.state.finished
     saved = cli.model.hparams["model"]["init_args"]  # what a checkpoint rebuilds the model from
     assert (saved["img_size"], saved["in_chans"]) == ([32, 32], 1)
+
+
+def test_a_second_quickstart_run_replaces_last_ckpt(tmp_path: Path):
+    """The evaluation configs read runs/quickstart/checkpoints/last.ckpt: it must be the newest run's."""
+    limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    last = tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
+    states = []
+    for seed in ("1", "2"):
+        main(
+            [
+                "fit",
+                "--config",
+                QUICKSTART,
+                *FAST,
+                "--data.init_args.img_size",
+                "16",
+                *limits,
+                "--seed_everything",
+                seed,
+            ]
+        )
+        states.append(torch.load(last, weights_only=True)["state_dict"]["model.cls_token"])
+    assert not torch.equal(states[0], states[1])
+    assert not list(last.parent.glob("last-v*.ckpt"))
