@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import ArgumentError
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mae_lightning.models.weights import ARCHITECTURE_KEYS, WeightsMismatchError, checkpoint_architecture
@@ -106,6 +108,12 @@ class MAECLI(LightningCLI):
         elif config.get("ckpt_path") is None:
             check_weights_files_exist(config)
         take_architecture_from_checkpoint(config, checkpoint)
+        name_wandb_run_after_config(config)
+        if _wandb_loggers(config):
+            # Added here, not in trainer_defaults: only a run with a W&B logger says where its run is.
+            callbacks = self.trainer_defaults.get("callbacks") or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, AnnounceWandbRun()]}
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -247,6 +255,48 @@ def continue_wandb_run(config, checkpoint: Path) -> None:
         for logger in wandb_loggers:
             logger.init_args["id"] = run_id
             logger.init_args["resume"] = "allow"
+
+
+def _wandb_loggers(config) -> list:
+    loggers = config.get("trainer", {}).get("logger")
+    return [
+        logger
+        for logger in (loggers if isinstance(loggers, list) else [loggers])
+        if str(getattr(logger, "class_path", "")).endswith("WandbLogger")
+    ]
+
+
+def name_wandb_run_after_config(config) -> None:
+    """Name a W&B run without a ``name`` after the stem of the first ``--config`` file (``quickstart``).
+
+    Left alone: a ``name`` set in YAML or on the command line, a run being continued (an ``id``, given or
+    taken from the checkpoint: it keeps its name), and the runs of a sweep (``WANDB_SWEEP_ID``), which
+    W&B names one by one.
+    """
+    config_files = config.get("config") or []
+    if not config_files or os.environ.get("WANDB_SWEEP_ID"):
+        return
+    stem = Path(str(config_files[0])).stem
+    for logger in _wandb_loggers(config):
+        if not logger.init_args.get("name") and not logger.init_args.get("id"):
+            logger.init_args["name"] = stem
+
+
+def wandb_run_location(run) -> str:
+    """One line that says where a started W&B run is: its URL, or offline its folder and the command that uploads it."""
+    if run.offline:
+        return f"W&B run {run.name!r} is offline in {run.sync_dir}; upload it with `wandb sync {run.sync_dir}`"
+    return f"W&B run {run.name!r}: {run.url}"
+
+
+class AnnounceWandbRun(Callback):
+    """Print where the W&B run is once it has started (global rank zero, where the run lives)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning starts the loggers' experiments just before the callbacks' setup.
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                rank_zero_info(wandb_run_location(logger.experiment))
 
 
 def _wandb_api_key_available() -> bool:

@@ -7,6 +7,8 @@ run without an API key must stop before wandb is started.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import struct
 import subprocess
@@ -284,3 +286,106 @@ def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home:
     from mae_lightning.callbacks.reconstruction import HEADER_HEIGHT
 
     assert Image.open(pngs[0]).size == (2 + 4 * 98, HEADER_HEIGHT + 2 + 8 * 98)
+
+
+def _offline_run(wandb_home: Path, *extra: str, config: str = QUICKSTART):
+    """Fit ``config`` with the W&B fragment offline; returns the CLI and the offline run's folder."""
+    save_dir = wandb_home / "logs"
+    argv = ["fit", "--config", config, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
+    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *FAST, *extra]
+    try:
+        cli = main(argv)
+        assert cli.trainer.state.finished
+    finally:
+        wandb.finish()
+        wandb.teardown()
+    runs = list((save_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return cli, runs[0]
+
+
+def test_offline_run_records_a_table_of_the_reconstructions(wandb_home: Path):
+    # The quickstart draws reconstructions every 5 epochs (8 images): 5 short epochs.
+    argv = ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    _, run = _offline_run(wandb_home, *argv)
+    records = list(wandb_records(next(run.glob("run-*.wandb"))))
+    history = {
+        _key(item): json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
+    }
+    assert history["val/reconstruction_table/_type"] == "table-file"
+    assert history["val/reconstruction/_type"] == "images/separated"  # the grid is still there
+    # wandb writes the table twice: a preview in files/media/table (media cells as "Image") and, with the
+    # images, as the run_table artifact the W&B app shows (staged on disk offline, named in the .wandb file).
+    previews = list((run / "files" / "media" / "table").rglob("*.table.json"))
+    assert [p.name.startswith("reconstruction_table_") for p in previews] == [True]
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    tables = [a for a in artifacts if a.type == "run_table" and "reconstruction_table" in a.name]
+    assert len(tables) == 1, [a.name for a in artifacts]
+    files = {entry.path: Path(entry.local_path) for entry in tables[0].manifest.contents}
+    table = json.loads(files[next(name for name in files if name.endswith(".table.json"))].read_text())
+    from PIL import Image
+
+    from mae_lightning.callbacks.reconstruction import COLUMNS
+
+    columns = ["epoch", "image", *COLUMNS, "psnr_masked", "ssim_masked", "label"]
+    assert table["columns"] == columns
+    assert json.loads(previews[0].read_text())["columns"] == columns
+    assert len(table["data"]) == 8  # one row per shown image
+    for i, row in enumerate(table["data"]):
+        values = dict(zip(columns, row, strict=True))
+        assert values["epoch"] == 4 and values["image"] == i
+        assert math.isfinite(values["psnr_masked"]) and 0 < values["psnr_masked"] < 100
+        assert -1 <= values["ssim_masked"] <= 1
+        assert values["label"] in range(10)  # digits
+        for name in COLUMNS:  # each panel drawn as a cell of the grid: 16x16 enlarged to 96x96
+            assert values[name]["_type"] == "image-file"
+            assert Image.open(files[values[name]["path"]]).size == (96, 96)
+
+
+def test_offline_run_is_named_after_the_config_and_takes_group_and_tags_from_yaml(
+    wandb_home: Path, caplog: pytest.LogCaptureFixture
+):
+    # The quickstart, renamed and without the CSV logger's `name` (which a logger swapped in keeps).
+    experiment = wandb_home / "my_experiment.yaml"
+    text = Path(QUICKSTART).read_text()
+    assert "      name: quickstart\n" in text
+    experiment.write_text(text.replace("      name: quickstart\n", ""))
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    identity = wandb_home / "identity.yaml"
+    identity.write_text("trainer:\n  logger:\n    init_args:\n      group: ablation-mask\n      tags: [digits, tiny]\n")
+    argv = ["--config", str(identity), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    _, run = _offline_run(wandb_home, *argv, "--trainer.limit_val_batches", "1", config=str(experiment))
+    records = list(wandb_records(next(run.glob("run-*.wandb"))))
+    started = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert started
+    assert started[0].display_name == "my_experiment"  # the stem of the first --config
+    assert started[0].run_group == "ablation-mask"
+    assert list(started[0].tags) == ["digits", "tiny"]
+    # offline: the start says where the run is and how to upload it
+    assert f"wandb sync {run}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("init_args", "env", "expected"),
+    [
+        ({}, {}, "quickstart"),
+        ({"name": "mine"}, {}, "mine"),  # a name set in YAML or on the command line is kept
+        ({"id": "abc123"}, {}, None),  # a continued run keeps its own name
+        ({}, {"WANDB_SWEEP_ID": "s1"}, None),  # W&B names the runs of a sweep
+    ],
+)
+def test_default_run_name(init_args: dict, env: dict, expected, monkeypatch: pytest.MonkeyPatch):
+    from jsonargparse import Namespace
+
+    from mae_lightning.cli import name_wandb_run_after_config
+
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger", init_args=Namespace(**init_args))
+    config = Namespace(config=[Path(QUICKSTART), Path(WANDB_CONFIG)], trainer=Namespace(logger=logger))
+    name_wandb_run_after_config(config)
+    assert logger.init_args.get("name") == expected

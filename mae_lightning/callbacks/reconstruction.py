@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.utils import make_grid
 
 from mae_lightning.models.mae import MaskedAutoencoder
@@ -25,6 +25,9 @@ GRID_PADDING = 2
 MASK_GRAY = 0.5
 MIN_CELL = 96  # pixels a side of a shown image, at least
 HEADER_HEIGHT = 14  # the band of column names above a grid
+PANEL_KEYS = ("original", "masked", "reconstruction", "pasted")  # the panels of COLUMNS, in order
+# The W&B table of the shown images: one row per image ("label" only for data with labels).
+TABLE_COLUMNS = ("epoch", "image", *COLUMNS, "psnr_masked", "ssim_masked")
 
 
 def fixed_mask_noise(
@@ -95,21 +98,43 @@ def reconstruction_panels(
     }
 
 
+def masked_region_quality_per_image(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Per image: PSNR of the hidden pixels and SSIM averaged over the hidden pixels -> two (N,) tensors.
+
+    The definitions of :func:`masked_region_quality`, each image on its own.
+    """
+    squared_error, ssim_sum, count = _masked_region_sums(panels)
+    return _psnr(squared_error, count), ssim_sum / count
+
+
 def masked_region_quality(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """PSNR of the hidden pixels and SSIM averaged over the hidden pixels (data_range 1.0).
 
     SSIM is computed on the pasted image (visible patches exact) and its per-pixel map is
     averaged where the mask is 1; windows straddling a patch border see some visible pixels.
+    Both pool the hidden pixels of all the images (not a mean of per-image values, which
+    :func:`masked_region_quality_per_image` gives).
     """
+    squared_error, ssim_sum, count = _masked_region_sums(panels)
+    return _psnr(squared_error.sum(), count.sum()), ssim_sum.sum() / count.sum()
+
+
+def _masked_region_sums(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image: summed squared error and summed SSIM map over the hidden pixels, and their number."""
     original, pasted, mask = panels["original"], panels["pasted"], panels["mask"].expand_as(panels["original"])
-    hidden = mask > 0.5
-    psnr = peak_signal_noise_ratio(pasted[hidden], original[hidden], data_range=1.0)
+    hidden = (mask > 0.5).to(original.dtype)
+    squared_error = ((pasted - original) ** 2 * hidden).flatten(1).sum(1)
     side = min(original.shape[-2:])
     kernel = min(11, side if side % 2 else side - 1)
     _, ssim_map = structural_similarity_index_measure(
         pasted, original, data_range=1.0, kernel_size=kernel, sigma=1.5 * kernel / 11, return_full_image=True
     )
-    return psnr, ssim_map[hidden].mean()
+    return squared_error, (ssim_map * hidden).flatten(1).sum(1), hidden.flatten(1).sum(1)
+
+
+def _psnr(squared_error: Tensor, count: Tensor) -> Tensor:
+    """PSNR in dB of pixels in [0, 1] from their summed squared error and number (torchmetrics' definition)."""
+    return 10.0 * torch.log10(1.0 / (squared_error / count))
 
 
 def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None, min_cell: int = MIN_CELL) -> Tensor:
@@ -122,17 +147,21 @@ def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None
         min_cell: images smaller than this many pixels a side are enlarged by a whole factor, nearest
             neighbour (each pixel a block, patches stay sharp), so that 32 px images are readable.
     """
-    keys = ("original", "masked", "reconstruction", "pasted")
-    rows = torch.stack([panels[key] for key in keys], dim=1).flatten(0, 1)  # image-major, 4 per row
-    num_bands = rows.shape[1]
+    rows = torch.stack([panels[key] for key in PANEL_KEYS], dim=1).flatten(0, 1)  # image-major, 4 per row
+    return make_grid(shown_cells(rows, rgb_bands, min_cell), nrow=len(PANEL_KEYS), padding=GRID_PADDING, pad_value=1.0)
+
+
+def shown_cells(images: Tensor, rgb_bands: Sequence[int] | None = None, min_cell: int = MIN_CELL) -> Tensor:
+    """(N, C, H, W) in [0, 1] -> (N, 3 or 1, H', W') on the CPU: the cells of :func:`panel_grid`, as drawn there."""
+    num_bands = images.shape[1]
     bands = list(rgb_bands) if rgb_bands is not None else [0, 1, 2] if num_bands >= 3 else [0]
     if max(bands) >= num_bands:
         raise ValueError(f"rgb_bands={bands} names a band past the {num_bands} bands of the data (0-based)")
-    factor = math.ceil(min_cell / min(rows.shape[-2:]))
-    rows = rows[:, bands].cpu()
+    factor = math.ceil(min_cell / min(images.shape[-2:]))
+    images = images[:, bands].cpu()
     if factor > 1:
-        rows = rows.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    return make_grid(rows, nrow=len(keys), padding=GRID_PADDING, pad_value=1.0)
+        images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return images
 
 
 def with_column_labels(image: np.ndarray) -> np.ndarray:
@@ -180,11 +209,13 @@ class ReconstructionCallback(Callback):
 
     The same validation images (the first ones of the first batch) and the same masks (``mask_seed``)
     every time, so the grids show the model changing and nothing else. Logged as W&B images when the
-    logger is a WandbLogger, written as ``reconstructions/epoch=NNNN.png`` in the run's log folder
-    otherwise, with ``val/recon_psnr_masked`` and ``val/recon_ssim_masked`` logged. On ``predict``
-    the grid of the first batch is written as ``reconstructions/predict.png``. Every process runs the
-    model on its own first images, through the strategy's wrapper (under FSDP a forward needs all of
-    them); global rank 0 alone logs and writes.
+    logger is a WandbLogger, beside a W&B table ``val/reconstruction_table`` with one row per image
+    (epoch, the four panels, the image's PSNR and SSIM of its hidden pixels, its label if any); written as
+    ``reconstructions/epoch=NNNN.png`` in the run's log folder otherwise. Either way with
+    ``val/recon_psnr_masked`` and ``val/recon_ssim_masked`` logged. On ``predict`` the grid of the first
+    batch is written as ``reconstructions/predict.png``. Every process runs the model on its own first
+    images, through the strategy's wrapper (under FSDP a forward needs all of them); global rank 0 alone
+    logs and writes.
 
     Args:
         num_images: images shown (rows of the grid).
@@ -215,6 +246,7 @@ class ReconstructionCallback(Callback):
         self.mask_seed = mask_seed
         self.dirpath = dirpath
         self._images: Tensor | None = None
+        self._labels: Tensor | None = None  # of the shown images, when the data has labels
         self._dir: Path | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -246,6 +278,8 @@ class ReconstructionCallback(Callback):
     ) -> None:
         if batch_idx == 0 and dataloader_idx == 0 and self._images is None:
             self._images = batch[0][: self.num_images].detach().clone()
+            if len(batch) > 1 and isinstance(batch[1], Tensor) and batch[1].ndim == 1:
+                self._labels = batch[1][: self.num_images].detach().cpu().clone()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The same decision on every process (each holds its own first images): all of them run the model.
@@ -263,8 +297,11 @@ class ReconstructionCallback(Callback):
         image = self._picture(panels)
         caption = f"epoch {trainer.current_epoch}: {caption}"
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            columns, rows = self._table(panels, trainer.current_epoch)
         for logger in wandb_loggers:
             logger.log_image("val/reconstruction", images=[image], caption=[caption], step=trainer.global_step)
+            logger.log_table("val/reconstruction_table", columns=columns, data=rows, step=trainer.global_step)
         if not wandb_loggers and not trainer.fast_dev_run:  # a debug run leaves no files, as Lightning's own
             self._write(image, self._dir / f"epoch={trainer.current_epoch:04d}.png", caption)
 
@@ -279,6 +316,24 @@ class ReconstructionCallback(Callback):
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
         if trainer.is_global_zero and not trainer.fast_dev_run:
             self._write(self._picture(panels), self._dir / "predict.png", caption)
+
+    def _table(self, panels: dict[str, Tensor], epoch: int) -> tuple[list[str], list[list]]:
+        """The columns and rows of the W&B table: per shown image its panels, PSNR and SSIM, and label."""
+        import wandb
+
+        psnr, ssim = masked_region_quality_per_image(panels)
+        cells = {key: shown_cells(panels[key], self.rgb_bands) for key in PANEL_KEYS}
+        columns = list(TABLE_COLUMNS)
+        rows = [
+            [epoch, i, *(wandb.Image(to_uint8(cells[key][i])) for key in PANEL_KEYS), p, s]
+            for i, (p, s) in enumerate(zip(psnr.tolist(), ssim.tolist(), strict=True))
+        ]
+        labels = self._labels
+        if labels is not None and len(labels) == len(rows) and bool((labels >= 0).any()):
+            columns.append("label")  # -1 is the label of an image without one
+            for row, label in zip(rows, labels.tolist(), strict=True):
+                row.append(label if label >= 0 else None)
+        return columns, rows
 
     def _picture(self, panels: dict[str, Tensor]) -> np.ndarray:
         return with_column_labels(to_uint8(panel_grid(panels, self.rgb_bands)))
