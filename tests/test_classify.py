@@ -157,8 +157,11 @@ def test_cifar10_evaluation_config_fits_on_real_images(name, cifar10_subset, tmp
 )
 def test_big_evaluation_config_fits_on_tiny_images(name):
     patch = 14 if "huge" in name else 2 if "patch2" in name else 16
+    # Without `pretrained` the encoder size must be stated: the CIFAR configs take it from their checkpoint.
+    size = {"patch_size": 2, "embed_dim": 192, "depth": 12, "num_heads": 3} if "cifar10" in name else {}
     args = [
         "fit", "--config", str(CONFIGS / name), "--config", DEBUG, *QUIET, "--model.init_args.pretrained", "null",
+        *[item for key, value in size.items() for item in (f"--model.init_args.model.init_args.{key}", str(value))],
         "--data", "mae_lightning.DigitsDataModule", "--data.init_args.img_size", str(2 * patch),
         "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.fast_dev_run", "true",
     ]  # fmt: skip

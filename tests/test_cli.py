@@ -45,6 +45,7 @@ TOP_LEVEL = sorted(CONFIGS.glob("*.yaml"))  # fit --config <file>
 MODEL_PRESETS = sorted(CONFIGS.glob("model/*.yaml"))  # --model.init_args.model <file>
 FRAGMENTS = sorted(CONFIGS.glob("logger/*.yaml")) + sorted(CONFIGS.glob("presets/*.yaml"))  # second --config
 EVALUATION = sorted(CONFIGS.glob("linprobe/*.yaml")) + sorted(CONFIGS.glob("finetune/*.yaml"))  # fit --config <file>
+SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))  # `wandb sweep <file>`; checked in tests/test_sweeps.py
 
 
 def _rel(path: Path) -> str:
@@ -107,7 +108,7 @@ def config_error(capsys: pytest.CaptureFixture, *args: str) -> str:
 def test_every_config_belongs_to_a_group():
     """A new YAML in configs/ must be covered by one of the parse tests below (or this test is updated)."""
     found = {p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml")}
-    grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(FRAGMENTS) | set(EVALUATION)
+    grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(FRAGMENTS) | set(EVALUATION) | set(SWEEPS)
     assert sorted(map(_rel, found - grouped)) == [], "YAML files that no test in tests/test_cli.py parses"
     assert TOP_LEVEL and MODEL_PRESETS and FRAGMENTS and EVALUATION
 
