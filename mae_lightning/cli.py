@@ -154,12 +154,7 @@ def check_wandb_can_start(config) -> None:
     Without a key wandb would stop at a login prompt (or fail deep inside the first step);
     offline mode (``trainer.logger.init_args.offline: true`` or ``WANDB_MODE=offline``) needs none.
     """
-    loggers = config.get("trainer", {}).get("logger")
-    loggers = loggers if isinstance(loggers, list) else [loggers]
-    for logger in loggers:
-        class_path = getattr(logger, "class_path", "") or ""
-        if not class_path.endswith("WandbLogger"):
-            continue
+    for logger in _wandb_loggers(config):
         offline = bool(logger.init_args.get("offline")) or os.environ.get("WANDB_MODE") in ("offline", "disabled")
         if not offline and not _wandb_api_key_available():
             raise WandbNotReadyError(
@@ -241,12 +236,7 @@ def take_architecture_from_checkpoint(config, checkpoint: Path | None) -> None:
 
 def continue_wandb_run(config, checkpoint: Path) -> None:
     """Give a W&B logger without an ``id`` the run id stored in ``checkpoint``, to continue that run."""
-    loggers = config.get("trainer", {}).get("logger")
-    wandb_loggers = [
-        logger
-        for logger in (loggers if isinstance(loggers, list) else [loggers])
-        if str(getattr(logger, "class_path", "")).endswith("WandbLogger") and not logger.init_args.get("id")
-    ]
+    wandb_loggers = [logger for logger in _wandb_loggers(config) if not logger.init_args.get("id")]
     if not wandb_loggers:
         return
     # mmap: only the few bytes of the callback states are read, not the weights.
@@ -258,6 +248,7 @@ def continue_wandb_run(config, checkpoint: Path) -> None:
 
 
 def _wandb_loggers(config) -> list:
+    """The WandbLogger entries of the config's ``trainer.logger`` (one logger or a list)."""
     loggers = config.get("trainer", {}).get("logger")
     return [
         logger
