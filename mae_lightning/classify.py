@@ -26,9 +26,13 @@ from mae_lightning.optim import (
     param_groups_layer_decay,
     parameter_shapes,
     scaled_lr,
-    set_lr,
+    set_scheduled_lr,
     trainer_run_length,
-    warmup_cosine_lr,
+)
+
+SHARDED_PROBE_MESSAGE = (
+    "LinearProbe trains only its head, with LARS, whose trust ratio needs whole tensors, not shards: "
+    "run it with `trainer.strategy: ddp` (the frozen encoder needs no sharding)"
 )
 
 
@@ -141,13 +145,7 @@ class ImageClassification(LightningModule):
         check_warmup(self.warmup_epochs, trainer_run_length(self.trainer))
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        trainer = self.trainer
-        # As the official loop: once per optimizer step, at the first micro-batch it accumulates.
-        if batch_idx % trainer.accumulate_grad_batches:
-            return
-        epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
-        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, trainer_run_length(trainer).epochs)
-        set_lr(trainer.optimizers[0], lr)
+        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr, self.min_lr, self.warmup_epochs)
 
     def configure_model(self) -> None:
         # Before any strategy wraps or shards the model: the optimizer groups are decided from these shapes.
@@ -239,10 +237,7 @@ class LinearProbe(ImageClassification):
     def configure_model(self) -> None:
         super().configure_model()
         if isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
-            raise ValueError(
-                "LinearProbe trains only its head, with LARS, whose trust ratio needs whole tensors, not shards: "
-                "run it with `trainer.strategy: ddp` (the frozen encoder needs no sharding)"
-            )
+            raise ValueError(SHARDED_PROBE_MESSAGE)
 
     def configure_optimizers(self):
         return LARS(

@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mae_lightning.classify import SHARDED_PROBE_MESSAGE
 from mae_lightning.models.weights import ARCHITECTURE_KEYS, WeightsMismatchError, checkpoint_architecture
 from mae_lightning.runtime import (
     AtomicCheckpointIO,
@@ -105,9 +106,11 @@ class MAECLI(LightningCLI):
         checkpoint = resolve_ckpt_path(config)
         if checkpoint is not None:
             continue_wandb_run(config, checkpoint)
+            forget_init_weights(config)
         elif config.get("ckpt_path") is None:
             check_weights_files_exist(config)
         take_architecture_from_checkpoint(config, checkpoint)
+        refuse_sharded_linear_probe(config)
         name_wandb_run_after_config(config)
         if _wandb_loggers(config):
             # Added here, not in trainer_defaults: only a run with a W&B logger says where its run is.
@@ -209,6 +212,27 @@ def check_weights_files_exist(config) -> None:
         path = init_args.get(name)
         if path and "://" not in str(path) and not Path(path).is_file():
             raise ConfigError(f"model.init_args.{name}: weights file {str(path)!r} does not exist")
+
+
+def forget_init_weights(config) -> None:
+    """A resumed pretraining run takes its weights from the checkpoint: ``init_weights`` is neither read nor needed.
+
+    (The module would load the file before Lightning restores the checkpoint over it, and fail if the file
+    has moved since the run started.) The classifiers' ``pretrained`` is kept: they defer reading it themselves.
+    """
+    init_args = getattr(config.get("model"), "init_args", None) or {}
+    if init_args.get("init_weights"):
+        init_args["init_weights"] = None
+
+
+def refuse_sharded_linear_probe(config) -> None:
+    """The linear probe under FSDP or model parallelism stops here, in one line (``LinearProbe.configure_model``)."""
+    strategy = config.get("trainer", {}).get("strategy")
+    name = str(getattr(strategy, "class_path", strategy) or "").lower()
+    if str(getattr(config.get("model"), "class_path", "")).endswith("LinearProbe") and (
+        "fsdp" in name or "modelparallel" in name
+    ):
+        raise ConfigError(SHARDED_PROBE_MESSAGE)
 
 
 def take_architecture_from_checkpoint(config, checkpoint: Path | None) -> None:

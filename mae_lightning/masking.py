@@ -216,9 +216,10 @@ class GridMasking(MaskingStrategy):
     """The paper's grid-wise sampling: keep the top-left patch of every k x k cell, hide the rest.
 
     Deterministic (the same mask for every sample and every step). At ``mask_ratio`` 0.75 the cells are
-    2 x 2 (the paper's ablation); in general ``mask_ratio`` must be ``1 - 1/k**2`` (0.75, 0.8889,
+    2 x 2 (the paper's ablation); in general ``mask_ratio`` must be ``1 - 1/k**2`` (0.75, 0.8888,
     0.9375, ...) and both sides of the patch grid multiples of ``k``, so the kept patches form a
-    regular grid of exactly ``int(L * (1 - mask_ratio))``; anything else is refused.
+    regular grid of exactly ``int(L * (1 - mask_ratio))``; anything else is refused. The count is
+    rounded down as in the official code, so write 8/9 as 0.8888 (0.8889 keeps one patch fewer).
     """
 
     def scores(
@@ -246,7 +247,7 @@ class GridMasking(MaskingStrategy):
         k = round((1 / (1 - mask_ratio)) ** 0.5) if mask_ratio < 1 else 0
         if k < 2 or gh % k or gw % k or num_kept(gh * gw, mask_ratio) != (gh // k) * (gw // k):
             raise ValueError(
-                f"GridMasking keeps one patch of every k x k cell: mask_ratio must be 1 - 1/k**2 (0.75, 0.8889, "
+                f"GridMasking keeps one patch of every k x k cell: mask_ratio must be 1 - 1/k**2 (0.75, 0.8888, "
                 f"0.9375, ...) and the patch grid a multiple of k, got mask_ratio={mask_ratio} on a {gh}x{gw} grid"
             )
         return k

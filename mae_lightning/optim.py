@@ -144,6 +144,19 @@ def check_warmup(warmup_epochs: float, length: RunLength) -> None:
         )
 
 
+def set_scheduled_lr(trainer, batch_idx: int, peak_lr: float, min_lr: float, warmup_epochs: float) -> None:
+    """Set the warmup + cosine lr of this point of the run, once per optimizer step (as the official loop).
+
+    Called before every training batch: it acts at the first micro-batch of each accumulated step, at the
+    fractional epoch ``current_epoch + batch_idx / batches per epoch``, over :func:`trainer_run_length`.
+    """
+    if batch_idx % trainer.accumulate_grad_batches:
+        return
+    epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
+    lr = warmup_cosine_lr(epoch, peak_lr, min_lr, warmup_epochs, trainer_run_length(trainer).epochs)
+    set_lr(trainer.optimizers[0], lr)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Give every parameter group ``lr`` times its ``lr_scale`` (1 when it has none; layer decay sets it)."""
     for group in optimizer.param_groups:

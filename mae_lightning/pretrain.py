@@ -18,9 +18,8 @@ from mae_lightning.optim import (
     param_groups_weight_decay,
     parameter_shapes,
     scaled_lr,
-    set_lr,
+    set_scheduled_lr,
     trainer_run_length,
-    warmup_cosine_lr,
 )
 
 
@@ -166,13 +165,7 @@ class MAEPretraining(LightningModule):
         self._weights_initialised = True
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        trainer = self.trainer
-        # As the official loop: once per optimizer step, at the first micro-batch it accumulates.
-        if batch_idx % trainer.accumulate_grad_batches:
-            return
-        epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
-        lr = warmup_cosine_lr(epoch, self.peak_lr, self.min_lr, self.warmup_epochs, trainer_run_length(trainer).epochs)
-        set_lr(trainer.optimizers[0], lr)
+        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr, self.min_lr, self.warmup_epochs)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:

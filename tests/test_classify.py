@@ -195,3 +195,12 @@ def test_linear_probe_refuses_sharded_strategies():
     module._trainer = SimpleNamespace(strategy=FSDPStrategy())
     with pytest.raises(ValueError, match="strategy: ddp"):
         module.configure_model()
+
+
+def test_linear_probe_under_fsdp_stops_in_one_line(capsys):
+    args = ["fit", "--config", str(CONFIGS / "linprobe" / "quickstart.yaml"), "--model.init_args.pretrained", "null",
+            "--trainer.strategy", "fsdp"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "strategy: ddp" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -327,3 +327,11 @@ def test_the_cli_trains_validates_and_draws_with_the_chosen_strategy(tmp_path, m
     checkpoint = sorted(tmp_path.rglob("*.ckpt"))[0]
     loaded = MAEPretraining.load_from_checkpoint(checkpoint)
     assert isinstance(loaded.model.masking, BlockMasking)
+
+
+@pytest.mark.parametrize("grid", [(6, 6), (12, 12), (6, 12)])
+def test_grid_masking_takes_the_ratio_its_documentation_writes(grid):
+    """The docstring's 0.8888 (8/9 rounded down, as the kept count is) makes 3 x 3 cells on these grids."""
+    assert GridMasking.cell_side(grid, 0.8888) == 3
+    with pytest.raises(ValueError, match="0.8888"):
+        GridMasking.cell_side(grid, 0.8889)  # keeps one patch fewer than the grid has cells

@@ -177,3 +177,19 @@ def test_compiled_model_trains_on_cpu(tmp_path):
     t.fit(module, digits())
     assert module.model._compiled_call_impl is not None
     assert t.global_step == 2 and torch.isfinite(t.callback_metrics["train/loss_step"])
+
+
+def test_a_resumed_run_no_longer_needs_its_init_weights_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    arch = config["model"]["init_args"]["model"]["init_args"]
+    torch.save({"model": MaskedAutoencoder(img_size=16, in_chans=1, **arch).state_dict()}, tmp_path / "full.pth")
+    args = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--data.init_args.img_size", "16",
+            "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--model.init_args.init_weights", str(tmp_path / "full.pth")]  # fmt: skip
+    main([*args, "--trainer.max_epochs", "1"])
+    (tmp_path / "full.pth").unlink()  # moved or deleted since the run started
+    cli = main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert cli.trainer.global_step == 4 and cli.model.init_weights is None

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets
 
 from mae_lightning.data.arrays import (
@@ -279,14 +279,15 @@ class MAEDataModule(LightningDataModule):
         if self.val_set is None:
             self.val_set = self.build_dataset("val", self.eval_transform)
 
-    def _loader(self, dataset: Dataset | None, train: bool):
+    def _loader(self, dataset: Dataset | None, train: bool, sampler: Sampler | None = None):
         if dataset is None:
             return []
         self.resolve_statistics()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train if sampler is None else None,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             # Pinned memory only speeds up copies to an accelerator; on a CPU-only machine it just warns.
@@ -354,7 +355,16 @@ class MAEDataModule(LightningDataModule):
         return self._loader(self.val_set, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1 or self.val_set is None:
+            return self._loader(self.val_set, train=False)
+        # Lightning's own predict sampler gives the processes shares that differ by one sample, hence
+        # sometimes by one batch: under FSDP, whose every forward needs all processes, the longer share
+        # would wait forever. Padded as in validation; the embedding writer keeps each index once.
+        sampler = DistributedSampler(
+            self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+        return self._loader(self.val_set, train=False, sampler=sampler)
 
 
 def _short(values: tuple[float, ...]) -> str:

@@ -52,7 +52,9 @@ class RNGStateCheckpoint(Callback):
         seed_rank(trainer.global_rank)
 
     def state_dict(self) -> dict[str, Any]:
-        # Called on every rank when a checkpoint is saved (the states must be gathered before rank 0 writes).
+        # Called on every rank when a checkpoint is saved (the states must be gathered before rank 0 writes):
+        # a collective, like the saving itself under FSDP; Lightning saves on every rank at the same point
+        # (ModelCheckpoint, SIGTERM, SLURM's requeue signal, which reaches every task).
         states = _to_checkpoint(_collect_rng_states(include_cuda=True))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             per_rank: list[Any] = [None] * dist.get_world_size()
