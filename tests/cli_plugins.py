@@ -45,8 +45,9 @@ class CPUFSDPStrategy(FSDPStrategy):
     """Lightning's FSDPStrategy, let onto the CPU (gloo) so that tests run real FSDP; Lightning refuses only
     the exact class there, and torch's FSDP runs on CPU."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**{**kwargs, "process_group_backend": "gloo"})
+    def __init__(self, process_group_backend: str = "gloo", **kwargs) -> None:
+        # Stated, not merged into kwargs: the config parser follows **kwargs into FSDPStrategy's arguments.
+        super().__init__(process_group_backend=process_group_backend, **kwargs)
 
     def _setup_model(self, model):
         # Lightning passes device_id=None on the CPU, which torch's FSDP refuses; wrap here with the CPU device.
