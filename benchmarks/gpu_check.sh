@@ -51,6 +51,7 @@ run() {  # $1: run name, then the configs and overrides
     local name=$1
     shift
     timeout 300 python -m mae_lightning fit "$@" --data.init_args.root "$data" "${hardware[@]}" \
+        --trainer.default_root_dir "$out/$name" \
         --trainer.num_nodes 1 --trainer.accumulate_grad_batches 1 --trainer.max_steps "$steps" \
         --trainer.log_every_n_steps "$every" --trainer.limit_val_batches 2 --trainer.enable_progress_bar false \
         --trainer.logger '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "'"$out"'", "name": "'"$name"'"}}' \
@@ -63,6 +64,7 @@ run vit_large_fsdp --config configs/imagenet_vit_large.yaml --config configs/pre
 # predict under FSDP from the FSDP checkpoint: one embeddings file gathered on rank 0, the reconstruction grid.
 timeout 300 python -m mae_lightning predict --config configs/imagenet_vit_large.yaml --config configs/presets/fsdp.yaml \
     --data.init_args.root "$data" "${hardware[@]}" "${fsdp[@]}" --trainer.num_nodes 1 --trainer.logger false \
+    --trainer.default_root_dir "$out/predict" \
     --trainer.limit_predict_batches 2 --trainer.enable_progress_bar false \
     --trainer.callbacks '[{"class_path": "mae_lightning.EmbeddingWriter", "init_args": {"path": "'"$out"'/predict/embeddings.npz"}},
                           {"class_path": "mae_lightning.ReconstructionCallback", "init_args": {"dirpath": "'"$out"'/predict"}}]' \
