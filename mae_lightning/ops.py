@@ -72,14 +72,20 @@ def masking_order(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]
     noise: (N, L) -> ids_shuffle (N, L) (kept tokens first), ids_restore (N, L) (its inverse),
     mask (N, L) float with 1 on removed tokens, in the original token order.
     """
-    n, length = noise.shape
     ids_shuffle = torch.argsort(noise, dim=1)
-    # Inverse permutation by scatter: the same values as argsort(ids_shuffle), in O(L) instead of O(L log L).
-    positions = torch.arange(length, device=noise.device).expand(n, length)
-    ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, positions)
+    ids_restore = inverse_permutation(ids_shuffle)
     # A token is removed exactly when its rank in the shuffle is >= len_keep.
     mask = (ids_restore >= len_keep).to(noise.dtype)
     return ids_shuffle, ids_restore, mask
+
+
+def inverse_permutation(order: Tensor) -> Tensor:
+    """order: (N, T), a permutation of 0..T-1 per row -> its inverse (N, T).
+
+    By a scatter: the same values as ``argsort(order)``, in O(T) instead of O(T log T).
+    """
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:

@@ -253,18 +253,9 @@ def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_ru
 
 
 def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home: Path):
-    save_dir = wandb_home / "logs"
-    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
-    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *FAST]
     # The quickstart draws reconstructions every 5 epochs: 5 short epochs.
-    argv += ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "2"]
-    try:
-        cli = main(argv)
-        assert cli.trainer.state.finished
-    finally:
-        wandb.finish()
-        wandb.teardown()
-    run = next((save_dir / "wandb").glob("offline-run-*"))
+    limits = ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "2"]
+    _, run = _offline_run(wandb_home, *limits)
     records = list(wandb_records(next(run.glob("run-*.wandb"))))
     history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
     keys = {_key(item) for h in history for item in h.item}

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores
 from mae_lightning.models.vit import Block, CrossAttentionBlock, LayerNorm, PatchEmbed
-from mae_lightning.ops import gather_tokens, num_kept, patchify, sincos_2d, unpatchify
+from mae_lightning.ops import gather_tokens, inverse_permutation, num_kept, patchify, sincos_2d, unpatchify
 
 
 class MaskedAutoencoder(nn.Module):
@@ -165,7 +165,7 @@ class MaskedAutoencoder(nn.Module):
 
         latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*C).
         """
-        ids_shuffle = _inverse_permutation(ids_restore)
+        ids_shuffle = inverse_permutation(ids_restore)
         len_keep = latent.shape[1] - 1
         decoded = self._decode(latent, ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:], every_patch=True)
         return self.decoder_pred(decoded)
@@ -309,7 +309,7 @@ class MaskedAutoencoder(nn.Module):
         x = self.decoder_norm(x[:, 1:])
         if every_patch:
             return x
-        return gather_tokens(x, _inverse_permutation(order)[:, ids_keep.shape[1] :])
+        return gather_tokens(x, inverse_permutation(order)[:, ids_keep.shape[1] :])
 
     def _target(self, patches: Tensor) -> Tensor:
         """Pixels to regress: patches (..., p*p*C), normalised per patch when ``norm_pix_loss``."""
@@ -346,12 +346,6 @@ def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio}")
     if num_kept(num_patches, mask_ratio) < 1:
         raise ValueError(f"mask_ratio={mask_ratio} keeps no patch visible out of {num_patches}: lower it")
-
-
-def _inverse_permutation(order: Tensor) -> Tensor:
-    """order: (N, T), a permutation of 0..T-1 per row -> its inverse (N, T), by a scatter instead of a sort."""
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:
