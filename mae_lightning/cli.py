@@ -343,7 +343,7 @@ def one_line_error(message: str) -> str:
 def main(args: list[str] | None = None) -> MAECLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests call this in-process)."""
     try:
-        return MAECLI(
+        cli = MAECLI(
             LightningModule,
             LightningDataModule,
             trainer_class=MAETrainer,
@@ -382,3 +382,18 @@ def main(args: list[str] | None = None) -> MAECLI:
         # The checkpoint is written (CheckpointOnPreemption); 128 + SIGTERM tells a scheduler the run did not finish.
         print("mae_lightning: stopped by SIGTERM; resume with `--ckpt_path last`", file=sys.stderr)
         raise SystemExit(143) from None
+    leave_process_group()
+    return cli
+
+
+def leave_process_group() -> None:
+    """After a finished multi-process command, every rank waits for the others and closes its connections.
+
+    Lightning keeps the process group open after ``fit`` (a script may call the Trainer again). Left to the
+    interpreter's exit, gloo's threads are torn down in no set order and now and then a process aborts
+    ("terminate called without an active exception") after a run that ended well. (On an error Lightning
+    closes the group itself.)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
