@@ -22,6 +22,7 @@ from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mae_lightning import MAEPretraining, MaskedAutoencoder
+from mae_lightning.cli import leave_process_group
 
 IMG_SIZE, PATCH, CHANNELS, NUM_IMAGES = 16, 4, 1, 64
 
@@ -116,6 +117,7 @@ def main() -> None:
         },
         args.out / f"rank{trainer.global_rank}.pt",
     )
+    leave_process_group()
 
 
 if __name__ == "__main__":
