@@ -13,6 +13,7 @@ from mae_lightning.data import (
 from mae_lightning.masking import BlockMasking, GridMasking, MaskingStrategy, RandomMasking
 from mae_lightning.models import MaskedAutoencoder, VisionTransformer
 from mae_lightning.pretrain import MAEPretraining
+from mae_lightning.runtime import WandbLogger
 
 __version__ = "0.1.0"
 
@@ -36,4 +37,5 @@ __all__ = [
     "ReconstructionCallback",
     "STL10DataModule",
     "VisionTransformer",
+    "WandbLogger",
 ]

@@ -33,6 +33,7 @@ from mae_lightning.runtime import (
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
 )
+from mae_lightning.runtime.wandb_artifacts import ArtifactUnavailableError, artifact_file, is_artifact_reference
 from mae_lightning.runtime.wandb_resume import run_id_in_checkpoint
 
 # Lines of jsonargparse's nested union report that say nothing to a user.
@@ -102,6 +103,7 @@ class MAECLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         check_wandb_can_start(config)
+        fetch_artifact_references(config)
         drop_checkpoint_callbacks_when_off(config)
         checkpoint = resolve_ckpt_path(config)
         if checkpoint is not None:
@@ -199,6 +201,24 @@ def resolve_ckpt_path(config) -> Path | None:
 
 # Model arguments that name a weights file, read when the run sets the model up.
 _WEIGHTS_ARGUMENTS = ("init_weights", "pretrained")
+
+
+def fetch_artifact_references(config) -> None:
+    """Replace each ``wandb:`` artifact reference among the weights arguments by its file, downloaded once.
+
+    Downloaded into ``<default_root_dir>/artifacts/`` (rank 0 does it before it starts the other processes,
+    which then find the file).
+    """
+    folder = Path(config.get("trainer", {}).get("default_root_dir") or "runs") / "artifacts"
+    init_args = getattr(config.get("model"), "init_args", None) or {}
+    settings = [("ckpt_path", config, "ckpt_path")]
+    settings += [(f"model.init_args.{name}", init_args, name) for name in _WEIGHTS_ARGUMENTS]
+    for key, holder, name in settings:
+        if is_artifact_reference(holder.get(name)):
+            try:
+                holder[name] = str(artifact_file(holder[name], folder))
+            except ArtifactUnavailableError as err:
+                raise ConfigError(f"{key}: {err}") from None
 
 
 def check_weights_files_exist(config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -85,3 +86,22 @@ def cifar10_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for label in CIFAR10_CLASSES:
             assert counts[split, label] == per_class, f"archive {archive} has too few {split}/{label} images"
     return root
+
+
+@pytest.fixture
+def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """wandb's folders, config and HOME (no ~/.netrc, so no API key) all under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+    for name in [n for n in os.environ if n.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        path = tmp_path / name.lower()
+        path.mkdir()
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_X_DISABLE_STATS", "true")  # no system-metrics sampler on a 2-core machine
+    return tmp_path

@@ -1,7 +1,8 @@
 """What keeps runs alive and right, apart from the method: nothing here changes what MAE learns.
 
-Atomic checkpoint writes, the per-rank random state, the W&B run id, a checkpoint on SIGTERM, the stop on
-a non-finite loss, the count of skipped files, and running the model through a strategy's wrapper.
+Atomic checkpoint writes, the per-rank random state, the W&B run id and checkpoint artifacts, a checkpoint
+on SIGTERM, the stop on a non-finite loss, the count of skipped files, and running the model through a
+strategy's wrapper.
 The command line adds these callbacks to every run (``cli.py``).
 """
 
@@ -10,6 +11,7 @@ from mae_lightning.runtime.finite_loss import NonFiniteLossError, StopOnNonFinit
 from mae_lightning.runtime.preemption import CheckpointOnPreemption
 from mae_lightning.runtime.rng_state import RNGStateCheckpoint
 from mae_lightning.runtime.skipped_images import LogSkippedImages
+from mae_lightning.runtime.wandb_artifacts import WandbLogger
 from mae_lightning.runtime.wandb_resume import KeepWandbRunId
 
 __all__ = [
@@ -20,4 +22,5 @@ __all__ = [
     "NonFiniteLossError",
     "RNGStateCheckpoint",
     "StopOnNonFiniteLoss",
+    "WandbLogger",
 ]
