@@ -9,6 +9,7 @@ from mae_lightning.data import (
     ImageFolderDataModule,
     MAEDataModule,
     STL10DataModule,
+    StreamingDataModule,
 )
 from mae_lightning.masking import BlockMasking, GridMasking, MaskingStrategy, RandomMasking
 from mae_lightning.models import MaskedAutoencoder, VisionTransformer
@@ -36,6 +37,7 @@ __all__ = [
     "RandomMasking",
     "ReconstructionCallback",
     "STL10DataModule",
+    "StreamingDataModule",
     "VisionTransformer",
     "WandbLogger",
 ]

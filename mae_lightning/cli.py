@@ -130,7 +130,7 @@ class MAECLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, FileNotFoundError) as err:
+        except (ValueError, TypeError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as err:
             # jsonargparse wraps the constructor's own error, which names the setting: deepest in the
             # chain of causes, or (older jsonargparse) among the union alternatives in the message.
             chain = [err]

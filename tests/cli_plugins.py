@@ -30,6 +30,23 @@ class PerRankLosses(Callback):
             f.write(f"{trainer.global_step} {float(outputs['loss']).hex()}\n")
 
 
+class PerRankImageLevels(Callback):
+    """Append the grey level of every training image to ``<dirpath>/rank<r>.txt`` (flat grey images only).
+
+    ``mean`` and ``std`` are the DataModule's normalisation, undone here.
+    """
+
+    def __init__(self, dirpath: str, mean: list[float], std: list[float]) -> None:
+        self.dirpath = Path(dirpath)
+        self.mean, self.std = mean[0], std[0]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        levels = ((batch[0].mean(dim=(1, 2, 3)) * self.std + self.mean) * 255).round().long()
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        with open(self.dirpath / f"rank{trainer.global_rank}.txt", "a") as f:
+            f.write(" ".join(str(level) for level in levels.tolist()) + "\n")
+
+
 class StopAtStep(Callback):
     """End training after optimizer step ``step``, as an interruption would (the schedule is left as configured)."""
 

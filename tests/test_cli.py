@@ -466,6 +466,11 @@ CONFIG_ERRORS = [
         ["nowhere", "does not exist"],
     ),
     (
+        "missing shard location",
+        lambda tmp: ["--data", "mae_lightning.StreamingDataModule", "--data.init_args.root", str(tmp / "nowhere")],
+        ["nowhere", "no shards", "python -m mae_lightning.prepare"],
+    ),
+    (
         "in_chans 2 for image files",
         lambda tmp: [
             "--data",

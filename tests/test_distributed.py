@@ -289,7 +289,7 @@ DIGITS_16 = """  class_path: mae_lightning.DigitsDataModule
   init_args: {img_size: 16, batch_size: 16, num_workers: 0}"""
 
 
-def resumable_run(losses: str) -> str:
+def resumable_run(losses: str, data: str = DIGITS_16) -> str:
     trainer = f"""{DDP}
   max_epochs: 2
   limit_train_batches: 8
@@ -300,7 +300,7 @@ def resumable_run(losses: str) -> str:
       init_args: {{dirpath: checkpoints, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
     - class_path: cli_plugins.PerRankLosses
       init_args: {{dirpath: {losses}}}"""
-    return tiny_run(DIGITS_16, trainer, "warmup_epochs: 1")
+    return tiny_run(data, trainer, "warmup_epochs: 1")
 
 
 @pytest.mark.slow

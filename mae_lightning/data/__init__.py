@@ -10,6 +10,7 @@ from mae_lightning.data.datamodule import (
     STL10DataModule,
 )
 from mae_lightning.data.datasets import Digits, FileList, FlatImageFolder
+from mae_lightning.data.shards import StreamingDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -22,4 +23,5 @@ __all__ = [
     "MAEDataModule",
     "ReadArray",
     "STL10DataModule",
+    "StreamingDataModule",
 ]

@@ -89,6 +89,9 @@ class MAEDataModule(LightningDataModule):
     # What build_dataset's samples are: "image" (PIL images) or "array" (float (C, H, W) tensors);
     # None in a subclass that decides it from the files it finds, in its __init__.
     file_kind: str | None = "image"
+    # Image files: "pil" (decode, augment, normalise in the workers) or "tensor" (torchvision.io decoding,
+    # uint8 augmentation in the workers, normalised on the device); set by the subclasses that read files.
+    decode: str = "pil"
     # Array data: how many training files the per-band statistics are computed from, and the resampling
     # of crops and resizes ("bilinear" never leaves the range of the input values; "bicubic").
     stats_files: int = 256
@@ -200,9 +203,11 @@ class MAEDataModule(LightningDataModule):
         return self._transforms
 
     def build_transforms(self) -> tuple[Callable, Callable]:
-        """(train, eval) transforms of the samples of :meth:`build_dataset`, by :attr:`file_kind`."""
+        """(train, eval) transforms of the samples of :meth:`build_dataset`, by :attr:`file_kind` and :attr:`decode`."""
         if self.file_kind == "array":
             return self._array_transforms()
+        if self.decode == "tensor":
+            return self._uint8_transforms()
         if self.augmentation == "finetune":
             train = finetune_transform(
                 self.img_size, self.in_chans, self.mean, self.std, self.crop_scale, self.rand_augment,
@@ -213,6 +218,22 @@ class MAEDataModule(LightningDataModule):
                 self.img_size, self.in_chans, self.mean, self.std, self.crop_scale, self.horizontal_flip
             )
         return train, eval_transform(self.img_size, self.in_chans, self.mean, self.std, self.eval_crop_ratio)
+
+    def _uint8_transforms(self) -> tuple[Callable, Callable]:
+        if self.augmentation == "finetune":
+            train = finetune_transform_uint8(
+                self.img_size, self.mean, self.std, self.crop_scale, self.rand_augment, self.random_erasing
+            )
+        else:
+            train = pretrain_transform_uint8(self.img_size, self.crop_scale, self.horizontal_flip)
+        return train, eval_transform_uint8(self.img_size, self.eval_crop_ratio)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # decode: tensor batches cross as uint8 and are normalised here, on the device; fine-tuning batches
+        # come normalised from the workers (random erasing's noise is in normalised units).
+        if isinstance(batch, list | tuple) and isinstance(batch[0], torch.Tensor) and batch[0].dtype == torch.uint8:
+            return (normalize_uint8(batch[0], self.mean, self.std), *batch[1:])
+        return batch
 
     def _array_transforms(self) -> tuple[Callable, Callable]:
         normalize, interpolation = self._normalize_bands, self.array_interpolation
@@ -544,17 +565,6 @@ class ImageFolderDataModule(MAEDataModule):
         train, val = split_by_fraction(self._folders["train"], self.val_fraction, self.seed)
         return {"train": train, "val": val}
 
-    def build_transforms(self) -> tuple[Callable, Callable]:
-        if self.file_kind != "image" or self.decode != "tensor":
-            return super().build_transforms()
-        if self.augmentation == "finetune":
-            train = finetune_transform_uint8(
-                self.img_size, self.mean, self.std, self.crop_scale, self.rand_augment, self.random_erasing
-            )
-        else:
-            train = pretrain_transform_uint8(self.img_size, self.crop_scale, self.horizontal_flip)
-        return train, eval_transform_uint8(self.img_size, self.eval_crop_ratio)
-
     def build_dataset(self, split: str, transform: Callable | None) -> Dataset | None:
         files = self._files["train" if split == "train" else "val"]
         if files is None:
@@ -571,12 +581,6 @@ class ImageFolderDataModule(MAEDataModule):
                 self.train_set = self.build_dataset("train", self.train_transform)
             if self.val_set is not None:
                 self.val_set = self.build_dataset("val", self.eval_transform)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # Fine-tuning batches come normalised from the workers; the others cross as uint8.
-        if batch[0].dtype == torch.uint8:
-            return (normalize_uint8(batch[0], self.mean, self.std), *batch[1:])
-        return batch
 
 
 def _file_kind_of(folders: dict[str, FolderFiles | None], root: Path, forced: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +31,9 @@ class UnreadableImageError(Exception):
         self.path = path
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image file as RGB, as torchvision's loader does, but scale 16-bit grayscale to 8 bits.
+def load_image(path: str | bytes) -> Image.Image:
+    """Open an image file (a path, or the file's bytes) as RGB, as torchvision's loader does, but scale 16-bit
+    grayscale to 8 bits.
 
     PIL's own conversion clips 16-bit values at 255, which turns such an image almost all white.
     A file that cannot be decoded raises :class:`UnreadableImageError`; truncated files are not
@@ -41,14 +43,15 @@ def load_image(path: str) -> Image.Image:
         UnreadableImageError: the file is empty, truncated, not an image, or over PIL's pixel limit.
     """
     try:
-        with open(path, "rb") as f:
+        with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
             img = Image.open(f)
             if img.mode in ("I;16", "I;16L", "I;16B", "I"):
                 img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL reports a bad file as any of these (SyntaxError and ValueError from some decoders).
-        raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+        name = "<image bytes>" if isinstance(path, bytes) else path
+        raise UnreadableImageError(name, f"{type(err).__name__}: {err}") from err
 
 
 class Digits(Dataset):

@@ -38,11 +38,14 @@ class ReadImageUint8:
             )
         self.mode = _READ_MODES[in_chans]
 
-    def __call__(self, path: str) -> Tensor:
+    def __call__(self, path: str | bytes) -> Tensor:
+        """``path``: an image file, or the file's bytes."""
+        source = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) else path
         try:
-            return decode_image(path, mode=self.mode)
+            return decode_image(source, mode=self.mode)
         except (RuntimeError, ValueError) as err:  # torchvision's report of an empty or corrupt file
-            raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+            name = "<image bytes>" if isinstance(path, bytes) else path
+            raise UnreadableImageError(name, f"{type(err).__name__}: {err}") from err
 
 
 def pretrain_transform_uint8(

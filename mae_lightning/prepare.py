@@ -1,0 +1,114 @@
+"""Write an image folder as litdata shards, for ``StreamingDataModule``: ``python -m mae_lightning.prepare``.
+
+    python -m mae_lightning.prepare /data/imagenet /data/imagenet-shards --workers 16
+    aws s3 sync /data/imagenet-shards s3://my-bucket/imagenet-shards      # optional: read from object storage
+
+Each split folder (``train`` and ``val`` by default; the whole folder as ``train`` when it has no such
+sub-folders) is listed as ``ImageFolderDataModule`` lists it: class sub-folders are labels (sorted names,
+as torchvision's ImageFolder), a flat folder is unlabelled (label -1). Every image is decoded once here, in
+parallel: an unreadable one is skipped, counted and named in ``<output>/<split>/skipped.txt``, so training
+never meets it. The shards (``<output>/<split>/chunk-*.bin`` + ``index.json``) hold each file's bytes as
+stored (no re-encoding), its label and its path relative to the split folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from multiprocessing import get_context
+from pathlib import Path
+
+from mae_lightning.data.datasets import UnreadableImageError, is_image_file, load_image
+from mae_lightning.data.folders import list_folder
+
+
+def read_sample(sample: tuple[str, int, str]) -> dict:
+    """One shard item: the file's bytes as stored, its label, its path relative to the split folder."""
+    path, label, name = sample
+    with open(path, "rb") as f:
+        return {"image": f.read(), "label": label, "name": name}
+
+
+def check_readable(path: str) -> str | None:
+    """None if ``path`` decodes, else the reason it does not."""
+    try:
+        load_image(path)
+        return None
+    except UnreadableImageError as err:
+        return str(err)
+
+
+def split_folders(source: Path, splits: list[str]) -> dict[str, Path]:
+    found = {split: source / split for split in splits if (source / split).is_dir()}
+    return found or {"train": source}
+
+
+def readable_samples(folder: Path, workers: int) -> tuple[list[tuple[str, int, str]], list[str]]:
+    """The folder's images that decode, as (path, label, relative name), and the reasons of those that do not."""
+    from tqdm import tqdm
+
+    listed = list_folder(folder)
+    images = [(path, label) for path, label in listed.samples if is_image_file(path)]
+    if not images:
+        raise FileNotFoundError(f"no image files under {str(folder)!r}")
+    with get_context("spawn").Pool(workers) as pool:
+        reasons = list(
+            tqdm(
+                pool.imap(check_readable, [path for path, _ in images], chunksize=64),
+                total=len(images),
+                desc=f"checking {folder.name}",
+                unit="img",
+            )
+        )
+    pairs = zip(images, reasons, strict=True)
+    good = [(path, label, os.path.relpath(path, folder)) for (path, label), bad in pairs if not bad]
+    return good, [bad for bad in reasons if bad]
+
+
+def prepare(source: Path, output: Path, splits: list[str], workers: int, chunk_bytes: str) -> dict[str, dict]:
+    """Shards of each split of ``source`` under ``output/<split>``; returns the counts per split."""
+    from litdata import optimize
+
+    counts = {}
+    for split, folder in split_folders(source, splits).items():
+        good, bad = readable_samples(folder, workers)
+        target = output / split
+        target.mkdir(parents=True, exist_ok=True)
+        optimize(
+            fn=read_sample,
+            inputs=good,
+            output_dir=str(target.resolve()),
+            num_workers=min(workers, len(good)),
+            chunk_bytes=chunk_bytes,
+            mode="overwrite",
+            start_method="spawn",
+        )
+        (target / "skipped.txt").write_text("".join(f"{reason}\n" for reason in bad))
+        counts[split] = {"images": len(good), "skipped": len(bad)}
+        print(f"{split}: {len(good)} images written to {target}, {len(bad)} unreadable skipped", file=sys.stderr)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m mae_lightning.prepare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", type=Path, help="the image folder (ImageNet layout, or flat)")
+    parser.add_argument("output", type=Path, help="where the shards go: <output>/<split>/")
+    parser.add_argument("--splits", nargs="+", default=["train", "val"], help="split sub-folders (default: train val)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--chunk-bytes", default="64MB", help="shard size (default: 64MB)")
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        parser.error(f"{str(args.source)!r} is not a folder")
+    try:
+        return prepare(args.source, args.output, args.splits, max(1, args.workers), args.chunk_bytes)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+
+
+if __name__ == "__main__":
+    main()
