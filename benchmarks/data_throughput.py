@@ -1,4 +1,5 @@
-"""Images per second of the training data pipeline, per DataLoader worker, PIL against tensor decoding.
+"""Images per second of the training data pipeline, per DataLoader worker: PIL against tensor decoding,
+image folders against litdata shards.
 
     python benchmarks/data_throughput.py --cifar10-tar ../shared/data/cifar10-jpeg.tar.gz
 
@@ -7,7 +8,9 @@ JPEGs (500x375, quality 90), written from the CIFAR images by bicubic upscaling 
 noise so that they decode like photographs. For each set, each decode path of
 ``ImageFolderDataModule`` (``pil``: decode + crop + float + normalise in the workers; ``tensor``:
 decode + crop on uint8 in the workers, normalise after the transfer) and each worker count,
-the script iterates the training DataLoader and reports images/s and images/s per worker.
+the script iterates the training DataLoader and reports images/s and images/s per worker, reading the
+image folder (``ImageFolderDataModule``) and the same images as litdata shards written by
+``python -m mae_lightning.prepare`` (``StreamingDataModule``, local shards).
 The tensor path's normalisation runs on the batch as the DataModule's ``on_after_batch_transfer``
 would on the device (here the CPU, so it is counted).
 """
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mae_lightning.data import ImageFolderDataModule
+from mae_lightning.data import ImageFolderDataModule, StreamingDataModule
+from mae_lightning.prepare import prepare
 
 
 def extract_cifar(archive: Path, out: Path, per_class: int) -> Path:
@@ -58,8 +62,11 @@ def write_large_jpegs(source: Path, out: Path, count: int) -> Path:
     return out / "large"
 
 
-def images_per_second(root: Path, img_size: int, decode: str, workers: int, batches: int, batch_size: int) -> float:
-    dm = ImageFolderDataModule(
+def images_per_second(
+    source: str, root: Path, img_size: int, decode: str, workers: int, batches: int, batch_size: int
+) -> float:
+    data_module = ImageFolderDataModule if source == "folder" else StreamingDataModule
+    dm = data_module(
         root=root, img_size=img_size, decode=decode, batch_size=batch_size, num_workers=workers, pin_memory=False
     )
     dm.setup("fit")
@@ -85,13 +92,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cifar = extract_cifar(args.cifar10_tar, Path(tmp), per_class=400)
         large = write_large_jpegs(cifar, Path(tmp), count=1500)
-        print("| images | decode | workers | img/s | img/s per worker |")
-        print("|---|---|---|---|---|")
-        for name, root, size in (("CIFAR-10 JPEG 32 px", cifar, 32), ("500x375 JPEG -> 224 px", large, 224)):
-            for decode in ("pil", "tensor"):
-                for workers in args.workers:
-                    rate = images_per_second(root, size, decode, workers, args.batches, args.batch_size)
-                    print(f"| {name} | {decode} | {workers} | {rate:.0f} | {rate / max(workers, 1):.0f} |")
+        shards = {name: Path(tmp) / f"{name}-shards" for name in ("cifar", "large")}
+        for name, folder in (("cifar", cifar), ("large", large)):
+            prepare(folder, shards[name], ["train"], workers=2, chunk_bytes="64MB")
+        print("| images | source | decode | workers | img/s | img/s per worker |")
+        print("|---|---|---|---|---|---|")
+        sets = (("CIFAR-10 JPEG 32 px", "cifar", cifar, 32), ("500x375 JPEG -> 224 px", "large", large, 224))
+        for name, key, folder, size in sets:
+            for source, root in (("folder", folder), ("shards", shards[key])):
+                for decode in ("pil", "tensor"):
+                    for workers in args.workers:
+                        rate = images_per_second(source, root, size, decode, workers, args.batches, args.batch_size)
+                        per_worker = rate / max(workers, 1)
+                        print(f"| {name} | {source} | {decode} | {workers} | {rate:.0f} | {per_worker:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

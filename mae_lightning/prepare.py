@@ -7,7 +7,8 @@ Each split folder (``train`` and ``val`` by default; the whole folder as ``train
 sub-folders) is listed as ``ImageFolderDataModule`` lists it: class sub-folders are labels (sorted names,
 as torchvision's ImageFolder), a flat folder is unlabelled (label -1). Every image is decoded once here, in
 parallel: an unreadable one is skipped, counted and named in ``<output>/<split>/skipped.txt``, so training
-never meets it. The shards (``<output>/<split>/chunk-*.bin`` + ``index.json``) hold each file's bytes as
+never meets it. The images are written in a random order drawn by ``--seed``, so every shard mixes the
+classes. The shards (``<output>/<split>/chunk-*.bin`` + ``index.json``) hold each file's bytes as
 stored (no re-encoding), its label and its path relative to the split folder.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from multiprocessing import get_context
 from pathlib import Path
@@ -66,13 +68,17 @@ def readable_samples(folder: Path, workers: int) -> tuple[list[tuple[str, int, s
     return good, [bad for bad in reasons if bad]
 
 
-def prepare(source: Path, output: Path, splits: list[str], workers: int, chunk_bytes: str) -> dict[str, dict]:
+def prepare(
+    source: Path, output: Path, splits: list[str], workers: int, chunk_bytes: str, seed: int = 0
+) -> dict[str, dict]:
     """Shards of each split of ``source`` under ``output/<split>``; returns the counts per split."""
     from litdata import optimize
 
     counts = {}
     for split, folder in split_folders(source, splits).items():
         good, bad = readable_samples(folder, workers)
+        # A seeded random order: every shard mixes the classes (training reads a few shards at a time).
+        random.Random(seed).shuffle(good)
         target = output / split
         target.mkdir(parents=True, exist_ok=True)
         optimize(
@@ -101,11 +107,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="split sub-folders (default: train val)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--chunk-bytes", default="64MB", help="shard size (default: 64MB)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the order the images are written in")
     args = parser.parse_args(argv)
     if not args.source.is_dir():
         parser.error(f"{str(args.source)!r} is not a folder")
     try:
-        return prepare(args.source, args.output, args.splits, max(1, args.workers), args.chunk_bytes)
+        return prepare(args.source, args.output, args.splits, max(1, args.workers), args.chunk_bytes, args.seed)
     except FileNotFoundError as err:
         parser.error(str(err))
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mae_lightning import StreamingDataModule
 from mae_lightning.cli import main
+from mae_lightning.data.resumable import ResumableSampler
 from mae_lightning.data.shards import open_shards
 from mae_lightning.prepare import main as prepare_main
 from tests.test_distributed import clean_env, read_losses, resumable_run, run_cli, tiny_run
@@ -91,7 +92,8 @@ def test_fit_through_the_cli_on_local_shards_with_validation(shards, tmp_path, m
     monkeypatch.setattr(sys, "argv", ["mae_lightning"])
     data = f"""  class_path: mae_lightning.StreamingDataModule
   init_args: {{root: {base / "shards"}, img_size: 16, in_chans: 1, batch_size: 8, num_workers: 1, decode: tensor}}"""
-    trainer = "  max_epochs: 1\n  limit_train_batches: 3\n  limit_val_batches: 1\n  logger: false\n  enable_checkpointing: false"
+    settings = ["max_epochs: 1", "limit_train_batches: 3", "limit_val_batches: 1", "logger: false"]
+    trainer = "\n".join(f"  {line}" for line in [*settings, "enable_checkpointing: false"])
     (tmp_path / "run.yaml").write_text(tiny_run(data, trainer).replace("devices: 2", "devices: 1"))
     cli = main(["fit", "--config", "run.yaml"])
     assert cli.trainer.global_step == 3
@@ -156,3 +158,35 @@ def test_a_run_on_shards_resumed_mid_epoch_repeats_every_ranks_losses_bit_for_bi
         split = read_losses(tmp_path / "split" / "losses" / f"rank{rank}.txt")
         assert sorted(full) == list(range(1, 17))
         assert split == full, f"rank {rank}"
+
+
+def test_the_grouped_order_reads_a_window_of_shards_at_a_time_and_each_rank_its_own_share():
+    sizes = [5, 7, 6, 4, 8, 5, 6, 7, 3, 9]  # ten shards, 60 items
+    starts = np.cumsum([0, *sizes[:-1]])
+    shard_of = {i: shard for shard, start in enumerate(starts) for i in range(start, start + sizes[shard])}
+    data = list(range(sum(sizes)))
+    samplers = [ResumableSampler(data, 2, rank, seed=3, groups=sizes, window=3) for rank in range(2)]
+    order = samplers[0].grouped_order()
+    assert sorted(order) == data and order != data
+    # Cut the order where the items so far fill their shards exactly: windows of 3 shards (1 left at the end).
+    windows, begin = [], 0
+    while begin < len(order):
+        end, shards = begin, set()
+        while True:
+            shards.add(shard_of[order[end]])
+            end += 1
+            if end - begin == sum(sizes[shard] for shard in shards):
+                break
+        windows.append(shards)
+        begin = end
+    assert [len(shards) for shards in windows] == [3, 3, 3, 1]
+    # DistributedSampler deals the order out: disjoint shares, resumable part-way.
+    shares = [[index for index, _ in sampler] for sampler in samplers]
+    assert shares[0] == order[0::2] and shares[1] == order[1::2]
+    resumed = ResumableSampler(data, 2, 0, seed=3, groups=sizes, window=3)
+    resumed.resume(epoch=0, samples_done=10)
+    assert [index for index, _ in resumed] == shares[0][10:]
+    samplers[0].set_epoch(1)
+    assert samplers[0].grouped_order() != order  # a new order every epoch
+    with pytest.raises(ValueError, match="groups add up to 59, but the dataset holds 60"):
+        ResumableSampler(data, groups=[*sizes[:-1], 8])

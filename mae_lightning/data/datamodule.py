@@ -329,6 +329,8 @@ class MAEDataModule(LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             seed=self.seed,
+            # Shards are read a few at a time (see ResumableSampler); files and arrays from anywhere.
+            groups=getattr(self.train_set, "shard_sizes", None),
         )
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)

@@ -16,7 +16,7 @@ the checkpoint). Three things make a resumed epoch the one that would have happe
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,11 @@ from torch.utils.data.distributed import DistributedSampler
 class ResumableSampler(DistributedSampler):
     """Shuffle by ``(seed, epoch)``, yield ``(index, epoch)`` keys, and start an epoch part-way when resumed.
 
+    With ``groups`` (the sizes of consecutive index ranges stored together, such as the shards of a
+    streaming dataset) the order keeps reads local: the groups are shuffled, and the indices of each run
+    of ``window`` groups are shuffled among themselves, so all processes read from ``window`` groups at
+    a time instead of from the whole set.
+
     Args:
         dataset: the dataset to sample from.
         num_replicas: number of processes sharing the data.
@@ -35,6 +40,8 @@ class ResumableSampler(DistributedSampler):
         shuffle: draw a new permutation every epoch.
         seed: seed of the permutations (the same on every process).
         drop_last: drop the tail that does not divide evenly among the processes.
+        groups: sizes of the consecutive index ranges read together (their sum is ``len(dataset)``), or None.
+        window: how many groups are read at a time when ``groups`` is given.
     """
 
     def __init__(
@@ -45,10 +52,34 @@ class ResumableSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = True,
+        groups: Sequence[int] | None = None,
+        window: int = 8,
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        if groups is not None and sum(groups) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"groups add up to {sum(groups)}, but the dataset holds {len(dataset)} samples")  # type: ignore[arg-type]
+        # With groups, DistributedSampler deals out positions in the grouped order drawn here.
+        self.grouped = groups is not None and shuffle
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle and not self.grouped, seed=seed,
+            drop_last=drop_last,
+        )  # fmt: skip
+        self.groups = list(groups) if groups is not None else None
+        self.window = window
         self._resume_epoch: int | None = None
         self._resume_offset = 0
+
+    def grouped_order(self) -> list[int]:
+        """The epoch's order of all indices: shuffled groups, shuffled within each window of groups."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        starts = np.cumsum([0, *self.groups[:-1]])
+        group_order = torch.randperm(len(self.groups), generator=generator).tolist()
+        order: list[int] = []
+        for first in range(0, len(group_order), self.window):
+            members = torch.cat(
+                [torch.arange(starts[g], starts[g] + self.groups[g]) for g in group_order[first : first + self.window]]
+            )
+            order += members[torch.randperm(len(members), generator=generator)].tolist()
+        return order
 
     def resume(self, epoch: int, samples_done: int) -> None:
         """Continue ``epoch`` after its first ``samples_done`` samples (of this process's share)."""
@@ -57,6 +88,9 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         indices = list(super().__iter__())
+        if self.grouped:
+            order = self.grouped_order()
+            indices = [order[position] for position in indices]
         start = 0
         if self._resume_epoch == self.epoch:
             start = self._resume_offset

@@ -2,10 +2,11 @@
 
 litdata's StreamingDataset reads the shards and fetches them from ``s3://``, ``gs://`` (or other fsspec
 locations litdata knows) into a local cache as they are needed. It is used here as a map-style dataset
-(``dataset[index]``), so the training order, the split across processes and nodes, the per-sample
-augmentation seeds and the mid-epoch resume are the ones of every other DataModule here
-(``data/resumable.py``): a resumed run sees the same images, crops and masks as an uninterrupted one.
-litdata's own iteration and loader state are not used.
+(``dataset[index]``), so the split across processes and nodes, the per-sample augmentation seeds and
+the mid-epoch resume are the ones of every other DataModule here (``data/resumable.py``): a resumed run
+sees the same images, crops and masks as an uninterrupted one. The training order reads a few shards at
+a time (``ResumableSampler``'s groups), and ``prepare`` writes the images in a seeded random order, so
+each shard mixes the classes. litdata's own iteration and loader state are not used.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class ShardImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.shards)
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """How many items each shard holds, in index order (the training order reads a few shards at a time)."""
+        return [end - start for start, end in self.shards.region_of_interest]
 
     def item(self, index: int) -> dict[str, Any]:
         """The stored item: the file's bytes, its label, its path relative to the split folder."""
