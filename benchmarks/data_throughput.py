@@ -103,8 +103,8 @@ def main() -> None:
                 for decode in ("pil", "tensor"):
                     for workers in args.workers:
                         rate = images_per_second(source, root, size, decode, workers, args.batches, args.batch_size)
-                        per_worker = rate / max(workers, 1)
-                        print(f"| {name} | {source} | {decode} | {workers} | {rate:.0f} | {per_worker:.0f} |", flush=True)
+                        cells = [name, source, decode, workers, f"{rate:.0f}", f"{rate / max(workers, 1):.0f}"]
+                        print("| " + " | ".join(map(str, cells)) + " |", flush=True)
 
 
 if __name__ == "__main__":
