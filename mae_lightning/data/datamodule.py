@@ -25,6 +25,7 @@ from mae_lightning.data.arrays import (
     pretrain_transform_array,
 )
 from mae_lightning.data.datasets import Digits, FileList, SkipUnreadable, UnreadableImageError, load_image
+from mae_lightning.data.device_decode import DeferredCrop, ReadBytes, collate_deferred, decode_batch, is_deferred_batch
 from mae_lightning.data.folders import FILE_KINDS, FolderFiles, file_kind, list_folder, split_by_fraction
 from mae_lightning.data.resumable import PerSampleSeeds, ResumableDataLoader, ResumableSampler
 from mae_lightning.data.tensor_decode import (
@@ -89,8 +90,9 @@ class MAEDataModule(LightningDataModule):
     # What build_dataset's samples are: "image" (PIL images) or "array" (float (C, H, W) tensors);
     # None in a subclass that decides it from the files it finds, in its __init__.
     file_kind: str | None = "image"
-    # Image files: "pil" (decode, augment, normalise in the workers) or "tensor" (torchvision.io decoding,
-    # uint8 augmentation in the workers, normalised on the device); set by the subclasses that read files.
+    # Image files: "pil" (decode, augment, normalise in the workers), "tensor" (torchvision.io decoding,
+    # uint8 augmentation in the workers, normalised on the device) or "gpu" (the workers read bytes and draw
+    # the crops; nvJPEG decodes and crops on the device: data/device_decode.py). Set with set_decode.
     decode: str = "pil"
     # Array data: how many training files the per-band statistics are computed from, and the resampling
     # of crops and resizes ("bilinear" never leaves the range of the input values; "bicubic").
@@ -186,6 +188,23 @@ class MAEDataModule(LightningDataModule):
         """The dataset of ``split`` ("train" or "val") with ``transform`` applied, or None if there is none."""
         raise NotImplementedError
 
+    def set_decode(self, decode: str) -> None:
+        """Check and set :attr:`decode` (subclasses that read image files call this)."""
+        if decode not in ("pil", "tensor", "gpu"):
+            raise ValueError(f"decode must be 'pil', 'tensor' or 'gpu', got {decode!r}")
+        if decode == "gpu":
+            if not torch.cuda.is_available():
+                raise ValueError("decode: gpu decodes JPEGs with nvJPEG on a CUDA GPU, and none is visible: use tensor")
+            if self.augmentation == "finetune":
+                raise ValueError("decode: gpu does the pretraining crop and flip; fine-tuning augments on the CPU")
+        self.decode = decode
+
+    def image_loader(self) -> Callable:
+        """Reads an image file (a path, or its bytes) as the decode mode needs it."""
+        if self.decode == "gpu":
+            return ReadBytes()
+        return ReadImageUint8(self.in_chans) if self.decode == "tensor" else load_image
+
     # ------------------------------------------------------------------ transforms
     @property
     def train_transform(self) -> Callable:
@@ -208,6 +227,9 @@ class MAEDataModule(LightningDataModule):
             return self._array_transforms()
         if self.decode == "tensor":
             return self._uint8_transforms()
+        if self.decode == "gpu":
+            train = DeferredCrop(self.img_size, self.in_chans, self.crop_scale, self.horizontal_flip)
+            return train, DeferredCrop(self.img_size, self.in_chans, crop_scale=None)
         if self.augmentation == "finetune":
             train = finetune_transform(
                 self.img_size, self.in_chans, self.mean, self.std, self.crop_scale, self.rand_augment,
@@ -227,6 +249,18 @@ class MAEDataModule(LightningDataModule):
         else:
             train = pretrain_transform_uint8(self.img_size, self.crop_scale, self.horizontal_flip)
         return train, eval_transform_uint8(self.img_size, self.eval_crop_ratio)
+
+    @property
+    def collate_fn(self) -> Callable | None:
+        return collate_deferred if self.decode == "gpu" and self.file_kind == "image" else None
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if is_deferred_batch(batch):  # decode: gpu
+            (payloads, params), labels = batch
+            device = self.trainer.strategy.root_device
+            imgs = decode_batch(payloads, params, self.img_size, self.in_chans, self.eval_crop_ratio, device)
+            return imgs, labels
+        return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # decode: tensor batches cross as uint8 and are normalised here, on the device; fine-tuning batches
@@ -314,6 +348,7 @@ class MAEDataModule(LightningDataModule):
             # Pinned memory only speeds up copies to an accelerator; on a CPU-only machine it just warns.
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn,
             # Workers' base seeds from the loader's own generator: the global state (masking) is left alone.
             generator=torch.Generator().manual_seed(self.seed),
         )
@@ -343,6 +378,7 @@ class MAEDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn,
             generator=torch.Generator().manual_seed(self.seed),
         )
         if self._resume_state is not None:
@@ -449,7 +485,9 @@ class ImageFolderDataModule(MAEDataModule):
             to normalised floats on the training device (less CPU per image, a quarter of the
             bytes to copy: the path for fast GPUs; see benchmarks/RESULTS.md). With
             ``augmentation: finetune`` the workers also normalise, for random erasing's noise, and
-            the training batches cross as floats.
+            the training batches cross as floats. ``"gpu"`` (pretraining, a CUDA GPU): the workers read
+            the bytes and draw the crops, nvJPEG decodes each batch on the GPU and the crops run there
+            (``data/device_decode.py``); refused without a GPU.
         val_fraction: validate on this share of the training folder (``root/<train_dir>``, or ``root``),
             drawn by ``seed`` from each class separately (stratified; from all files when unlabelled),
             the rest training. None: ``root/<val_dir>`` validates, if it exists.
@@ -481,8 +519,6 @@ class ImageFolderDataModule(MAEDataModule):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data root {str(self.root)!r} does not exist or is not a folder")
-        if decode not in ("pil", "tensor"):
-            raise ValueError(f"decode must be 'pil' or 'tensor', got {decode!r}")
         if val_fraction is not None and not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1) or null, got {val_fraction}")
         if file_kind not in (None, *FILE_KINDS):
@@ -493,7 +529,7 @@ class ImageFolderDataModule(MAEDataModule):
             raise ValueError(f"stats_files must be >= 1, got {stats_files}")
         self.train_dir = train_dir
         self.val_dir = val_dir
-        self.decode = decode
+        self.set_decode(decode)
         self.val_fraction = val_fraction
         self.array_interpolation = array_interpolation
         self.stats_files = stats_files
@@ -538,7 +574,7 @@ class ImageFolderDataModule(MAEDataModule):
     def _make_loader(self) -> Callable:
         if self.file_kind == "array":
             return ReadArray(self.in_chans)
-        return ReadImageUint8(self.in_chans) if self.decode == "tensor" else load_image
+        return self.image_loader()
 
     def _check_readable(self, folder: FolderFiles) -> None:
         """Read files of ``folder`` in order up to the first good one: it must have ``in_chans`` bands."""

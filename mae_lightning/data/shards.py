@@ -18,8 +18,6 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from mae_lightning.data.datamodule import MAEDataModule
-from mae_lightning.data.datasets import load_image
-from mae_lightning.data.tensor_decode import ReadImageUint8
 
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
 
@@ -96,7 +94,7 @@ class StreamingDataModule(MAEDataModule):
         root: the folder (or bucket prefix) holding one shard folder per split.
         train_dir: the training split's shard folder under ``root``.
         val_dir: the validation split's, or None; skipped when it does not exist locally.
-        decode: ``"pil"`` or ``"tensor"``, as in :class:`ImageFolderDataModule`.
+        decode: ``"pil"``, ``"tensor"`` or ``"gpu"``, as in :class:`ImageFolderDataModule`.
         cache_dir: where remote shards are cached (litdata's default when None).
         max_cache_size: the most the cache holds, e.g. ``"50GB"``.
         **kwargs: the :class:`MAEDataModule` arguments.
@@ -113,13 +111,11 @@ class StreamingDataModule(MAEDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if decode not in ("pil", "tensor"):
-            raise ValueError(f"decode must be 'pil' or 'tensor', got {decode!r}")
         if self.in_chans not in (1, 3, 4):
             raise ValueError(f"shards hold image files, read as 1, 3 or 4 channels; got in_chans={self.in_chans}")
+        self.set_decode(decode)
         self.root = str(root).rstrip("/")
-        self.decode = decode
-        self.loader = ReadImageUint8(self.in_chans) if decode == "tensor" else load_image
+        self.loader = self.image_loader()
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         # Opened here, so that a missing or unreachable location stops the run before it starts.
