@@ -63,7 +63,8 @@ class ShardImages(Dataset):
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.shards)
+        # Not len(self.shards): litdata counts only this process's share when it is made in a distributed run.
+        return sum(self.shard_sizes)
 
     @property
     def shard_sizes(self) -> list[int]:
