@@ -5,6 +5,7 @@
 #    (benchmarks/gpu_throughput.py).
 # 2. ViT-B/16 `fit` through the CLI on a labelled JPEG folder (written here), bf16 + compile, tensor decoding,
 #    with the kNN/online-probe and reconstruction monitors on: images/s, peak memory.
+#    Then the same with `decode: gpu` (nvJPEG decoding and crops on the GPU), against the tensor decoding.
 # 3. ViT-L/16 under configs/presets/fsdp.yaml on the one GPU, monitors on: it must finish (a hang is a
 #    failure: every step has a timeout), images/s, peak memory; then `predict` of its checkpoint under FSDP.
 # Results: <out_dir>/summary.json and the logs beside it. SMOKE=1 runs the same commands on the CPU with
@@ -59,6 +60,12 @@ run() {  # $1: run name, then the configs and overrides
 }
 
 run vit_base_bf16_compile --config configs/imagenet_vit_base.yaml --model.init_args.compile "$compile"
+if [ "${SMOKE:-0}" != 1 ]; then
+    # The same run with nvJPEG decoding and the crops on the GPU (the workers only read bytes): images/s against
+    # the tensor-decoding run above.
+    run vit_base_gpu_decode --config configs/imagenet_vit_base.yaml --model.init_args.compile "$compile" \
+        --data.init_args.decode gpu
+fi
 run vit_large_fsdp --config configs/imagenet_vit_large.yaml --config configs/presets/fsdp.yaml "${fsdp[@]}"
 
 # predict under FSDP from the FSDP checkpoint: one embeddings file gathered on rank 0, the reconstruction grid.
