@@ -318,8 +318,8 @@ def test_tensor_decode_path_gives_the_same_batches_as_pil_up_to_resampling(image
 
 
 def test_tensor_decode_rejects_unknown_modes(imagenet_style_root):
-    with pytest.raises(ValueError, match="decode must be 'pil' or 'tensor', got 'gpu'"):
-        ImageFolderDataModule(root=imagenet_style_root, decode="gpu")
+    with pytest.raises(ValueError, match="decode must be 'pil', 'tensor' or 'gpu', got 'nvjpeg'"):
+        ImageFolderDataModule(root=imagenet_style_root, decode="nvjpeg")
 
 
 def _first_train_batch(root, **kwargs) -> torch.Tensor:
