@@ -283,6 +283,39 @@ def finetune(name: str, root: str, out: Path, pretrained: Path | None, epochs: i
     return {"pretrained": str(pretrained), "epochs": epochs, "val_top1": top1, "minutes": minutes}
 
 
+def table(results: dict) -> str:
+    """The results as Markdown: one row per recipe, then the fine-tuning runs."""
+    recipes = pretraining_results(results)
+    half = recipes["baseline"]["final"]["minutes"] / 2 if "baseline" in recipes else None
+    lines = [
+        "| recipe | GFLOPs/img (fwd+bwd) | train img/s | minutes | kNN top-1 at the end | best kNN (minute) "
+        "| kNN at half the baseline's time | linear probe |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, result in recipes.items():
+        curve, final = result["curve"], result["final"]
+        best = max(curve, key=lambda p: p["knn_top1"])
+        within_half = [p["knn_top1"] for p in curve if half is not None and p["minutes"] <= half]
+        cells = [
+            name,
+            f"{result['gflops_per_image']:.3f}",
+            f"{result['train_images_per_s']:.0f}",
+            f"{final['minutes']:.1f}",
+            f"{100 * final['knn_top1']:.1f}%",
+            f"{100 * best['knn_top1']:.1f}% ({best['minutes']:.1f})",
+            f"{100 * max(within_half):.1f}%" if within_half else "-",
+            f"{100 * final['linear_probe_top1']:.1f}%",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    finetuned = results.get("finetune", {})
+    if finetuned:
+        lines += ["", "| fine-tuned from | test top-1 after each epoch | minutes |", "| --- | --- | --- |"]
+        for name, run in finetuned.items():
+            top1 = ", ".join(f"{100 * v:.1f}%" for v in run["val_top1"])
+            lines.append(f"| {name} | {top1} | {run['minutes']} |")
+    return "\n".join(lines)
+
+
 def pretraining_results(results: dict) -> dict:
     return {name: result for name, result in results.items() if name in RECIPES}
 
@@ -345,8 +378,7 @@ def main() -> None:
                 finetuned[name] = finetune(name, args.root, args.out, checkpoint, args.finetune_epochs)
                 results_file.write_text(json.dumps(results, indent=2))
     plot(results, args.out / "time_to_accuracy.png")
-    print(json.dumps({name: r["final"] for name, r in pretraining_results(results).items()}, indent=2))
-    print(json.dumps(results.get("finetune", {}), indent=2))
+    print(table(results))
 
 
 if __name__ == "__main__":
