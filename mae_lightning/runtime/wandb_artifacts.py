@@ -65,13 +65,13 @@ def artifact_file(reference: str, folder: Path) -> Path:
     _check_wandb_reachable(reference)
     import wandb
 
+    folder.mkdir(parents=True, exist_ok=True)
+    # Downloaded beside the target and renamed: processes started together never read a half-written file.
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".download-"))
     try:
-        artifact = wandb.Api(timeout=30).artifact(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        # Downloaded beside the target and renamed: processes started together never read a half-written file.
-        staging = Path(tempfile.mkdtemp(dir=folder, prefix=".download-"))
-        artifact.download(root=str(staging))
+        wandb.Api(timeout=30).artifact(name).download(root=str(staging))
     except Exception as err:  # wandb raises its own error types for every kind of failure
+        shutil.rmtree(staging, ignore_errors=True)
         raise ArtifactUnavailableError(f"W&B artifact {reference!r}: {_first_line(err)}") from None
     try:
         staging.rename(target)
