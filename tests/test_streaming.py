@@ -20,8 +20,6 @@ from mae_lightning.data.shards import open_shards
 from mae_lightning.prepare import main as prepare_main
 from tests.test_distributed import clean_env, read_losses, resumable_run, run_cli, tiny_run
 
-pytest.importorskip("litdata", reason="the streaming extra (litdata) is part of the dev install")
-
 CLASSES = ("cat", "dog")
 TRAIN_PER_CLASS = 32
 # Every training image is one grey level, three apart: a crop of it keeps the level, so a batch says which
