@@ -94,7 +94,8 @@ class StreamingDataModule(MAEDataModule):
     Args:
         root: the folder (or bucket prefix) holding one shard folder per split.
         train_dir: the training split's shard folder under ``root``.
-        val_dir: the validation split's, or None; skipped when it does not exist locally.
+        val_dir: the validation split's, or None. A local one that does not exist is skipped; a remote one
+            must exist (null when the bucket holds no validation shards).
         decode: ``"pil"``, ``"tensor"`` or ``"gpu"``, as in :class:`ImageFolderDataModule`.
         cache_dir: where remote shards are cached (litdata's default when None).
         max_cache_size: the most the cache holds, e.g. ``"50GB"``.
