@@ -229,7 +229,7 @@ def evaluate(run_dir: Path, data: dict, probe_epochs: int) -> dict:
     }
 
 
-def finetune_config(root: str, run_dir: Path, pretrained: Path | None, epochs: int) -> dict:
+def finetune_config(root: str, run_dir: Path, pretrained: Path | None, epochs: int, batches: int | None) -> dict:
     """A short fine-tuning run (the paper's recipe without MixUp/CutMix) on the CIFAR-10 folders."""
     settings = yaml.safe_load(CONFIG.read_text())
     vit = {"num_classes": 10, "global_pool": True, "drop_path_rate": 0.1}
@@ -258,6 +258,7 @@ def finetune_config(root: str, run_dir: Path, pretrained: Path | None, epochs: i
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": epochs,
+            "limit_train_batches": batches,
             "enable_progress_bar": False,
             "enable_checkpointing": False,
             "default_root_dir": str(run_dir),
@@ -269,18 +270,20 @@ def finetune_config(root: str, run_dir: Path, pretrained: Path | None, epochs: i
     }
 
 
-def finetune(name: str, root: str, out: Path, pretrained: Path | None, epochs: int) -> dict:
-    """Fine-tune ``pretrained`` (None: random init) for ``epochs``; test top-1 after each epoch and the minutes."""
+def finetune(name: str, root: str, out: Path, pretrained: Path | None, epochs: int, batches: int | None) -> dict:
+    """Fine-tune ``pretrained`` (None: random init) for ``epochs`` of ``batches`` (None: all) batches of 256;
+    test top-1 after each epoch and the minutes."""
     run_dir = out / "finetune" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.yaml"
-    config_file.write_text(yaml.safe_dump(finetune_config(root, run_dir, pretrained, epochs), sort_keys=False))
+    config = finetune_config(root, run_dir, pretrained, epochs, batches)
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mae_lightning", "fit", "--config", str(config_file)], check=True)
     minutes = round((time.perf_counter() - start) / 60, 1)
     with open(run_dir / "log" / "version_0" / "metrics.csv", newline="") as f:
         top1 = [round(float(row["val/top1"]), 4) for row in csv.DictReader(f) if row.get("val/top1")]
-    return {"pretrained": str(pretrained), "epochs": epochs, "val_top1": top1, "minutes": minutes}
+    return {"pretrained": str(pretrained), "epochs": epochs, "batches": batches, "val_top1": top1, "minutes": minutes}
 
 
 def table(results: dict) -> str:
@@ -355,6 +358,7 @@ def main() -> None:
         help="after pretraining, fine-tune these recipes' final encoders and a random init for --finetune_epochs",
     )  # fmt: skip
     parser.add_argument("--finetune_epochs", type=int, default=2)
+    parser.add_argument("--finetune_batches", type=int, help="training batches per fine-tuning epoch (default: all)")
     args = parser.parse_args()
 
     results_file = args.out / "results.json"
@@ -375,7 +379,9 @@ def main() -> None:
         for name in [*(args.finetune or []), "random_init"] if args.finetune else []:
             if name not in finetuned:
                 checkpoint = None if name == "random_init" else args.out / name / "checkpoints" / "last.ckpt"
-                finetuned[name] = finetune(name, args.root, args.out, checkpoint, args.finetune_epochs)
+                finetuned[name] = finetune(
+                    name, args.root, args.out, checkpoint, args.finetune_epochs, args.finetune_batches
+                )
                 results_file.write_text(json.dumps(results, indent=2))
     plot(results, args.out / "time_to_accuracy.png")
     print(table(results))
