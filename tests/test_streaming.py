@@ -103,6 +103,7 @@ def test_an_unreachable_remote_location_stops_in_one_line(tmp_path):
     env = {name: value for name, value in clean_env().items() if not name.startswith("AWS_")}
     # No AWS credentials, wherever the tests run: the request fails without leaving the machine.
     env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # nor from a cloud machine's metadata service
     code = "from mae_lightning import StreamingDataModule; StreamingDataModule(root='s3://no-such-bucket/shards')"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
