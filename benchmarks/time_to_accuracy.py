@@ -202,7 +202,6 @@ def evaluate(run_dir: Path, data: dict, probe_epochs: int) -> dict:
     module = MAEPretraining.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
     model = module.model
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    steps = int(config["trainer"]["max_epochs"]) * len(data["train"][1]) // config["data"]["init_args"]["batch_size"]
     curve = []
     for path in sorted((run_dir / "snapshots").glob("step*.pt")):
         snapshot = torch.load(path, map_location="cpu", weights_only=True)
@@ -225,7 +224,6 @@ def evaluate(run_dir: Path, data: dict, probe_epochs: int) -> dict:
         "final": final,
         "train_images_per_s": round(final["step"] * batch_size / (final["minutes"] * 60), 1),
         "gflops_per_image": round(step_flops(model, module.mask_ratio) / 1e9, 4),
-        "scheduled_steps": steps,
     }
 
 

@@ -20,18 +20,9 @@ from mae_lightning.masking import BlockMasking, GridMasking, RandomMasking, mask
 from mae_lightning.models import MaskedAutoencoder
 from mae_lightning.models.vit import CrossAttention, CrossAttentionBlock
 from mae_lightning.ops import gather_tokens
+from tests.test_model import TINY as MODEL_TINY
 
-TINY = dict(
-    img_size=16,
-    patch_size=4,
-    in_chans=3,
-    embed_dim=32,
-    depth=2,
-    num_heads=4,
-    decoder_embed_dim=16,
-    decoder_depth=2,
-    decoder_num_heads=2,
-)
+TINY = {**MODEL_TINY, "decoder_depth": 2}  # two decoder blocks: the cross decoder stacks them
 NUM_PATCHES, NUM_REMOVED = 16, 12  # TINY's patches, and those that mask_ratio 0.75 removes
 
 REPO = Path(__file__).resolve().parents[1]

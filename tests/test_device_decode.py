@@ -87,3 +87,12 @@ def test_a_deferred_decode_data_module_trains_through_lightning(tmp_path, monkey
     assert trainer.global_step == 2
     assert [imgs.shape for imgs in seen] == [(4, 3, 16, 16)] * 2
     assert all(imgs.dtype == torch.float32 and imgs.abs().max() < 5 for imgs in seen)  # normalised
+
+
+def test_decode_gpu_still_checks_at_start_that_the_images_can_be_read(tmp_path, monkeypatch):
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        (tmp_path / "train" / f"{i}.jpg").write_bytes(b"not an image")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="none of the 3 image files under .* can be read"):
+        ImageFolderDataModule(root=tmp_path, decode="gpu")

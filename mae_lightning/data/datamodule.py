@@ -579,9 +579,11 @@ class ImageFolderDataModule(MAEDataModule):
     def _check_readable(self, folder: FolderFiles) -> None:
         """Read files of ``folder`` in order up to the first good one: it must have ``in_chans`` bands."""
         first_error = None
+        # decode: gpu reads bytes only; its workers' first step (reading the image header) is what can fail.
+        read = self.loader if self.collate_fn is None else (lambda path: self.eval_transform(self.loader(path)))
         for path, _ in folder.samples:
             try:
-                self.loader(path)
+                read(path)
                 return
             except BandCountError as err:
                 raise ValueError(
