@@ -22,8 +22,9 @@ from lightning.pytorch import Trainer
 from mae_lightning import ImageFolderDataModule, LinearProbe, ReconstructionCallback, VisionTransformer
 from mae_lightning.callbacks.reconstruction import panel_grid, picture_statistics, reconstruction_panels, to_uint8
 from mae_lightning.cli import main
-from mae_lightning.data.arrays import ReadArray, band_statistics
+from mae_lightning.data.arrays import ReadArray
 from mae_lightning.data.datasets import FileList, UnreadableImageError
+from mae_lightning.data.statistics import band_statistics
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
@@ -289,6 +290,24 @@ def test_the_checkpoint_stores_the_statistics_and_predict_reuses_them(npy_run):
     one_file = ImageFolderDataModule(npy_run.root, in_chans=6, img_size=16, stats_files=1, **LOADER)
     one_file.resolve_statistics()
     assert one_file.mean != cli.datamodule.mean
+
+
+def test_statistics_handed_over_from_a_checkpoint_are_used_and_a_file_without_them_falls_through(npy_run, tmp_path):
+    """use_statistics_of: the stored statistics when the file holds them; computed ones when it holds none."""
+    stored = torch.load(npy_run.checkpoint, map_location="cpu", weights_only=True)["ImageFolderDataModule"]
+    handed = ImageFolderDataModule(npy_run.root, in_chans=6, img_size=16, stats_files=1, **LOADER)
+    handed.use_statistics_of(npy_run.checkpoint)
+    handed.resolve_statistics()
+    assert list(handed.mean) == stored["mean"] and list(handed.std) == stored["std"]
+
+    official = tmp_path / "official.pth"  # an official-style weights file: no DataModule state in it
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 8)}}, official)
+    computed = ImageFolderDataModule(npy_run.root, in_chans=6, img_size=16, stats_files=1, **LOADER)
+    computed.use_statistics_of(official)
+    computed.resolve_statistics()
+    unaided = ImageFolderDataModule(npy_run.root, in_chans=6, img_size=16, stats_files=1, **LOADER)
+    unaided.resolve_statistics()
+    assert computed.mean == unaided.mean != handed.mean
 
 
 def test_a_linear_probe_normalises_as_its_pretraining_did(npy_run):

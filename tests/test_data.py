@@ -5,11 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from mae_lightning.data import Digits, DigitsDataModule, ImageFolderDataModule
+from mae_lightning.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    Digits,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    MAEDataModule,
+    STL10DataModule,
+)
+from mae_lightning.data.datasets import ReadImage
+from mae_lightning.data.tensor_decode import ReadImageUint8
 from mae_lightning.data.transforms import ToChannels, eval_transform, pretrain_transform
 
 LOADER = {"num_workers": 0, "pin_memory": False}
@@ -193,11 +204,58 @@ def test_16_bit_png_keeps_its_contrast(tmp_path, make_image):
     ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
     (tmp_path / "val").mkdir()
     Image.fromarray(ramp).save(tmp_path / "val" / "ramp.png")
-    dm = ImageFolderDataModule(tmp_path, **LOADER, img_size=32, in_chans=1, batch_size=1, eval_crop_ratio=1.0)
+    with pytest.warns(UserWarning, match="ramp.png is a 16-bit image"):
+        dm = ImageFolderDataModule(tmp_path, **LOADER, img_size=32, in_chans=1, batch_size=1, eval_crop_ratio=1.0)
     dm.setup("validate")
     img = next(iter(dm.val_dataloader()))[0][0, 0] * dm.std[0] + dm.mean[0]
     assert img[:, :8].mean() < 0.2
     assert img[:, -8:].mean() > 0.8
+
+
+def dim_16_bit_folder(root) -> None:
+    """train/ and val/ of 64x64 16-bit PNGs (PIL mode "I;16") as a dim microscope writes them: values 0..4000."""
+    ramp = np.linspace(0, 4000, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    for split, count in (("train", 2), ("val", 1)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.roll(ramp, i, axis=1)).save(root / split / f"{i}.png")
+    assert Image.open(root / "val" / "0.png").mode == "I;16"
+
+
+def test_a_dim_16_bit_png_keeps_its_grey_levels_when_read_as_an_array(tmp_path):
+    """file_kind: array reads the values themselves (per-band statistics); image reading keeps 16 levels and says so."""
+    dim_16_bit_folder(tmp_path)
+    args = dict(**LOADER, img_size=64, in_chans=1, batch_size=1, eval_crop_ratio=1.0)
+    full = ImageFolderDataModule(tmp_path, file_kind="array", **args)
+    full.setup("validate")
+    values = next(iter(full.val_dataloader()))[0][0, 0] * full.std[0] + full.mean[0]
+    assert torch.unique(values.round()).numel() > 1000
+    assert values.min().round() == 0 and values.max().round() == 4000
+    assert full.mean[0] == pytest.approx(2000, rel=0.01)  # the band's own statistics, in its own units
+
+    with pytest.warns(UserWarning, match=r"0\.png is a 16-bit image: it is read with 8 bits") as record:
+        reduced = ImageFolderDataModule(tmp_path, **args)
+    assert "data.init_args.file_kind: array" in str(record[0].message)
+    reduced.setup("validate")
+    values = next(iter(reduced.val_dataloader()))[0][0, 0] * reduced.std[0] + reduced.mean[0]
+    assert torch.unique((values * 255).round()).numel() <= 16  # 4000 >> 8 = 15
+
+
+def test_16_bit_images_are_reduced_alike_in_every_decode_mode(tmp_path):
+    """decode: tensor (and gpu, whose workers decode PNGs the same way) keeps the PIL path's 8 bits, and warns."""
+    dim_16_bit_folder(tmp_path)
+    path = str(tmp_path / "val" / "0.png")
+    with pytest.warns(UserWarning, match="16-bit image"):
+        pil = np.asarray(ReadImage()(path).convert("L"))
+    with pytest.warns(UserWarning, match="16-bit image"):
+        tensor = ReadImageUint8(1)(path)
+    assert tensor.dtype == torch.uint8 and np.array_equal(tensor[0].numpy(), pil) and pil.max() == 4000 >> 8
+
+    with pytest.warns(UserWarning, match="16-bit image"):
+        dm = ImageFolderDataModule(tmp_path, decode="tensor", **LOADER, img_size=32, in_chans=1, batch_size=2)
+    dm.setup("fit")
+    imgs, targets = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert imgs.dtype == torch.float32 and imgs.shape == (2, 1, 32, 32)
 
 
 def test_missing_root_raises_file_not_found_naming_the_path(tmp_path):
@@ -375,3 +433,77 @@ def test_tensor_decode_finetune_random_erasing_replaces_a_rectangle(imagenet_sty
 def test_finetune_augmentation_rejects_four_channels_for_randaugment(imagenet_style_root):
     with pytest.raises(ValueError, match="RandAugment.*1 or 3 channels, got in_chans=4"):
         ImageFolderDataModule(root=imagenet_style_root, decode="tensor", augmentation="finetune", in_chans=4)
+
+
+# ---------------------------------------------------------------------------- classes
+def test_num_classes_is_what_the_data_knows():
+    """The class count a classifier's head is checked against; None where the data has no labels or does not say."""
+    assert DigitsDataModule(**LOADER).num_classes == 10
+    assert CIFAR10DataModule(**LOADER).num_classes == 10 and CIFAR100DataModule(**LOADER).num_classes == 100
+    assert STL10DataModule(**LOADER).num_classes == 10
+    assert MAEDataModule(**LOADER).num_classes is None
+
+
+def test_a_folder_knows_its_class_folders(imagenet_style_root, tmp_path, make_image):
+    assert ImageFolderDataModule(imagenet_style_root, **LOADER).num_classes == 2
+    for i in range(3):
+        make_image(tmp_path / "flat" / f"{i}.jpg", seed=i)
+    assert ImageFolderDataModule(tmp_path / "flat", **LOADER).num_classes is None
+
+
+class RecordTargets(LightningModule):
+    """Records the targets of every validation batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def validation_step(self, batch, batch_idx):
+        self.seen += batch[1].tolist()
+
+
+def validated_targets(dm, limit_val_batches) -> list[int]:
+    model = RecordTargets()
+    trainer = Trainer(
+        accelerator="cpu", limit_val_batches=limit_val_batches, logger=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.validate(model, datamodule=dm, verbose=False)
+    return model.seen
+
+
+def class_sorted_folder(root, make_image, classes: int = 4, per_class: int = 6) -> None:
+    """root/train and root/val, each with class folders 0..classes-1 of real JPEGs, listed class after class."""
+    for split in ("train", "val"):
+        for label in range(classes):
+            for i in range(per_class):
+                make_image(root / split / f"class_{label}" / f"{i}.jpg", size=(12, 12), seed=100 * label + i)
+
+
+def test_a_limited_validation_of_a_class_sorted_folder_covers_the_classes(tmp_path, make_image):
+    """limit_val_batches reads class-interleaved batches (the same ones every time); a full validation is unchanged."""
+    class_sorted_folder(tmp_path, make_image)
+    dm = ImageFolderDataModule(tmp_path, **LOADER, img_size=8, batch_size=4, seed=3)
+    assert validated_targets(dm, 1.0) == [label for label in range(4) for _ in range(6)]
+    first = validated_targets(dm, 1)
+    assert sorted(first) == [0, 1, 2, 3]
+    assert validated_targets(dm, 0.5)[:4] == first  # a fixed order: the same subset, grown by more batches
+    assert sorted(validated_targets(dm, 0.5)) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_a_limited_validation_too_small_to_cover_the_classes_says_how_many_it_covers(tmp_path, make_image):
+    class_sorted_folder(tmp_path, make_image)
+    dm = ImageFolderDataModule(tmp_path, **LOADER, img_size=8, batch_size=2)
+    with pytest.warns(UserWarning, match=r"limit_val_batches=1\): they cover 2 of the 4 classes"):
+        assert sorted(validated_targets(dm, 1)) == [0, 1]
+
+
+def test_a_limited_validation_of_unlabelled_files_keeps_their_order(tmp_path, make_image):
+    for i in range(8):
+        make_image(tmp_path / "train" / f"{i}.jpg", size=(12, 12), seed=i)
+        make_image(tmp_path / "val" / f"{i}.jpg", size=(12, 12), seed=50 + i)
+    dm = ImageFolderDataModule(tmp_path, **LOADER, img_size=8, batch_size=2)
+    model = RecordTargets()
+    trainer = Trainer(accelerator="cpu", limit_val_batches=1, logger=False, enable_progress_bar=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    assert trainer.val_dataloaders.dataset is dm.val_set and model.seen == [-1, -1]

@@ -96,3 +96,16 @@ def test_decode_gpu_still_checks_at_start_that_the_images_can_be_read(tmp_path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="none of the 3 image files under .* can be read"):
         ImageFolderDataModule(root=tmp_path, decode="gpu")
+
+
+def test_a_16_bit_png_is_decoded_in_the_worker_to_the_8_bits_of_the_other_modes(tmp_path):
+    """decode: gpu hands a PNG to the workers' decoder: a 16-bit one keeps its top 8 bits, with the same warning."""
+    path = tmp_path / "dim.png"
+    Image.fromarray(np.linspace(0, 4000, 30 * 40).astype(np.uint16).reshape(30, 40)).save(path)
+    assert Image.open(path).mode == "I;16"
+    with pytest.warns(UserWarning, match="^<image bytes> is a 16-bit image: it is read with 8 bits"):
+        (payload, _), _ = collate_deferred([(DeferredCrop(SIZE, 1, crop_scale=None)(ReadBytes()(str(path))), 0)])
+    images = decode_batch(payload, torch.tensor([[0, 0, 30, 40, -1]]), SIZE, 1, 1.0, device="cpu")
+    top_8_bits = torch.from_numpy(np.asarray(Image.open(path)) >> 8).to(torch.uint8)[None]
+    expected = eval_transform_uint8(SIZE, 1.0)(top_8_bits)
+    assert images.dtype == torch.uint8 and torch.equal(images[0], expected)

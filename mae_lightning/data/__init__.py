@@ -1,16 +1,12 @@
-"""Data: DataModules (one per source) and the MAE transforms."""
+"""Data: DataModules (a base in ``base.py``, one file per source), their pipelines and the MAE transforms."""
 
 from mae_lightning.data.arrays import ReadArray
-from mae_lightning.data.datamodule import (
-    CIFAR10DataModule,
-    CIFAR100DataModule,
-    DigitsDataModule,
-    ImageFolderDataModule,
-    MAEDataModule,
-    STL10DataModule,
-)
-from mae_lightning.data.datasets import Digits, FileList, FlatImageFolder
+from mae_lightning.data.base import MAEDataModule
+from mae_lightning.data.datasets import FileList, FlatImageFolder
+from mae_lightning.data.digits import Digits, DigitsDataModule
+from mae_lightning.data.image_folder import ImageFolderDataModule
 from mae_lightning.data.shards import StreamingDataModule
+from mae_lightning.data.torchvision_sets import CIFAR10DataModule, CIFAR100DataModule, STL10DataModule
 
 __all__ = [
     "CIFAR10DataModule",

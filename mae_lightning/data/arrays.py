@@ -1,6 +1,6 @@
-"""Arrays of any band count on disk (multispectral, hyperspectral, SAR, ...): reading, transforms and statistics.
+"""Arrays of any band count on disk (multispectral, hyperspectral, SAR, ...): reading and transforms.
 
-Two file kinds are read, each as a (C, H, W) float32 tensor in the file's own units (no /255):
+Three file kinds are read, each as a (C, H, W) float32 tensor in the file's own units (no /255):
 
 - ``.npy`` files shaped (C, H, W) (numpy's own format, no pickled objects);
 - ``.tif`` / ``.tiff`` files, read with ``tifffile``, in either layout: bands first (C, H, W), as
@@ -8,32 +8,35 @@ Two file kinds are read, each as a (C, H, W) float32 tensor in the file's own un
   A file that marks its last axis as interleaved samples is (H, W, C); otherwise the bands are the
   end of the shape with ``in_chans`` entries, the first one when both ends have. Compressed TIFFs
   other than deflate (LZW, JPEG, ...) need the ``imagecodecs`` package, which tifffile names when
-  it is missing.
+  it is missing;
+- ``.png`` files, when a folder is read with ``file_kind: array``: 16-bit PNGs (microscopy, depth) keep
+  their full range instead of the 8 bits an image file is reduced to.
 
 A 2-D file is one band. A file with another band count, another number of dimensions, NaN or
 infinite values, or that cannot be read raises :class:`~mae_lightning.data.datasets.UnreadableImageError`,
 so :class:`~mae_lightning.data.datasets.SkipUnreadable` skips and counts it like a bad image.
 
 The crops and flips are torchvision's v2 transforms, which act on (C, H, W) tensors of any C; the
-values are normalised per band (:class:`NormalizeBands`) with the mean and std that the DataModule
-was given or computed from the training files (:func:`band_statistics`).
+values are normalised per band (:class:`~mae_lightning.data.statistics.NormalizeBands`) with the mean and
+std that the DataModule was given or computed from the training files (``data/statistics.py``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import tifffile
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from mae_lightning.data.datasets import UnreadableImageError
+from mae_lightning.data.statistics import NormalizeBands
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 ARRAY_EXTENSIONS = (".npy", *TIFF_EXTENSIONS)
+# Image files that are also read as arrays when a folder says so (file_kind: array): their full 16-bit range.
+PNG_EXTENSIONS = (".png",)
 INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
@@ -72,8 +75,11 @@ class ReadArray:
 
 
 def _read(path: str) -> tuple[np.ndarray, str]:
-    """The array of ``path`` and its layout: ``"CHW"`` (.npy), ``"HWC"`` (interleaved TIFF) or ``"either"`` (TIFF)."""
+    """The array of ``path`` and its layout: ``"CHW"`` (.npy, .png), ``"HWC"`` (interleaved TIFF), ``"either"``."""
     try:
+        if path.lower().endswith(PNG_EXTENSIONS):
+            # torchvision keeps 16 bits per channel (PIL reduces 16-bit colour PNGs to 8).
+            return decode_image(path, mode=ImageReadMode.UNCHANGED).numpy(), "CHW"
         if path.lower().endswith(TIFF_EXTENSIONS):
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
@@ -81,7 +87,7 @@ def _read(path: str) -> tuple[np.ndarray, str]:
         return np.load(path, allow_pickle=False), "CHW"
     # numpy and tifffile report an empty, truncated or foreign file as any of these; KeyError is
     # tifffile's "requires the 'imagecodecs' package" for a compression it cannot decode alone.
-    except (OSError, ValueError, EOFError, KeyError, IndexError, tifffile.TiffFileError) as err:
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, IndexError, tifffile.TiffFileError) as err:
         raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
 
 
@@ -102,35 +108,6 @@ def _bands_first(array: np.ndarray, layout: str, in_chans: int, path: str) -> np
     if bands != in_chans:
         raise BandCountError(path, bands, in_chans)
     return array if layout == "CHW" else array.transpose(2, 0, 1)
-
-
-class NormalizeBands:
-    """``(x - mean) / std`` per band of a (C, H, W) tensor, with statistics that are set after it is built.
-
-    The DataModule learns its statistics when its first DataLoader is made (computed from the files,
-    or restored from a checkpoint, which Lightning does after ``setup``): it sets them here, and the
-    DataLoader workers, started after that, carry the set values.
-    """
-
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
-        if mean is not None and std is not None:
-            self.set(mean, std)
-
-    def set(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        """x: (C, H, W) in the data's units -> (C, H, W) normalised."""
-        if self.mean is None or self.std is None:
-            raise RuntimeError("NormalizeBands has no statistics yet: the DataModule sets them before loading")
-        return (x - self.mean) / self.std
-
-    def __repr__(self) -> str:
-        state = "unset" if self.mean is None else f"{self.mean.numel()} bands"
-        return f"{type(self).__name__}({state})"
 
 
 def pretrain_transform_array(
@@ -177,49 +154,3 @@ def eval_transform_array(
     return v2.Compose(
         [v2.Resize(resize, interpolation=INTERPOLATIONS[interpolation]), v2.CenterCrop(img_size), normalize]
     )
-
-
-def band_statistics(dataset: Dataset, num_files: int, seed: int) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """Per-band mean and std over every pixel of ``num_files`` samples of ``dataset`` drawn by ``seed``.
-
-    The samples are read untransformed (whole files, in their own units); unreadable ones are left out
-    here (training skips and counts them). The per-file moments are merged exactly (Chan et al.), in
-    float64. A band that is constant in the sample gets std 1, so normalising it cannot divide by zero.
-
-    Args:
-        dataset: items ``(tensor (C, H, W), target)``, whose reads raise ``UnreadableImageError`` for bad files.
-        num_files: how many samples to draw (all of them when the dataset is smaller).
-        seed: seed of the draw.
-
-    Returns:
-        ``(mean, std, files_read)``.
-
-    Raises:
-        RuntimeError: none of the drawn samples could be read.
-    """
-    size = len(dataset)  # type: ignore[arg-type]
-    picked = np.sort(np.random.default_rng(seed).permutation(size)[: min(num_files, size)])
-    moments, read, first_error = None, 0, None
-    for index in picked.tolist():
-        try:
-            x = dataset[index][0].double().flatten(1)  # (C, H*W)
-        except UnreadableImageError as err:
-            first_error = first_error or err
-            continue
-        file_mean = x.mean(dim=1)
-        file_moments = (x.shape[1], file_mean, ((x - file_mean[:, None]) ** 2).sum(dim=1))
-        moments = file_moments if moments is None else _merge_moments(moments, file_moments)
-        read += 1
-    if moments is None:
-        raise RuntimeError(f"none of the {len(picked)} files drawn for the band statistics can be read ({first_error})")
-    count, mean, m2 = moments
-    std = (m2 / count).sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return tuple(mean.tolist()), tuple(std.tolist()), read
-
-
-def _merge_moments(a: tuple[int, Tensor, Tensor], b: tuple[int, Tensor, Tensor]) -> tuple[int, Tensor, Tensor]:
-    """(count, mean (C,), sum of squared deviations (C,)) of two sets of pixels -> the same of their union."""
-    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
-    total, delta = n_a + n_b, mean_b - mean_a
-    return total, mean_a + delta * (n_b / total), m2_a + m2_b + delta**2 * (n_a * n_b / total)

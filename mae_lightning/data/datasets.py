@@ -1,4 +1,4 @@
-"""Datasets that torchvision does not ship: the offline digits set, listed files, a folder of unlabelled images."""
+"""Reading image files, and the datasets of listed files: a folder's files, a folder of unlabelled images."""
 
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ class UnreadableImageError(Exception):
         self.path = path
 
 
+# PIL modes of 16-bit (and 32-bit integer) grayscale images; PIL's own conversion would clip them at 255.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
+
+
 def load_image(path: str | bytes) -> Image.Image:
     """Open an image file (a path, or the file's bytes) as RGB, as torchvision's loader does, but scale 16-bit
-    grayscale to 8 bits.
+    grayscale to 8 bits (their top byte; :class:`ReadImage` says so once).
 
     PIL's own conversion clips 16-bit values at 255, which turns such an image almost all white.
     A file that cannot be decoded raises :class:`UnreadableImageError`; truncated files are not
@@ -42,52 +46,59 @@ def load_image(path: str | bytes) -> Image.Image:
     Raises:
         UnreadableImageError: the file is empty, truncated, not an image, or over PIL's pixel limit.
     """
+    return _open_image(path)[0]
+
+
+def _open_image(path: str | bytes) -> tuple[Image.Image, bool]:
+    """(the image as RGB, whether it had 16 bits per pixel and was reduced to 8)."""
     try:
         with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
             img = Image.open(f)
-            if img.mode in ("I;16", "I;16L", "I;16B", "I"):
+            sixteen_bit = img.mode in SIXTEEN_BIT_MODES
+            if sixteen_bit:
                 img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
-            return img.convert("RGB")
+            return img.convert("RGB"), sixteen_bit
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL reports a bad file as any of these (SyntaxError and ValueError from some decoders).
-        name = "<image bytes>" if isinstance(path, bytes) else path
-        raise UnreadableImageError(name, f"{type(err).__name__}: {err}") from err
+        raise UnreadableImageError(_name(path), f"{type(err).__name__}: {err}") from err
 
 
-class Digits(Dataset):
-    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grayscale scans, 10 classes.
+def _name(path: str | bytes) -> str:
+    return "<image bytes>" if isinstance(path, bytes) else path
 
-    They ship inside the scikit-learn wheel, so a first run needs no download, and they carry
-    labels for probing. Split deterministically: the first 1,500 images train, the last 297 validate.
 
-    Args:
-        split: ``"train"`` or ``"val"``.
-        transform: applied to each 8x8 PIL image (mode ``"L"``).
+class EightBitWarning:
+    """Warns, the first time it is called, that 16-bit images are read with 8 bits, naming the file and the setting
+    that keeps their full range. Each loader owns one, so a run says it once (once per DataLoader worker at most).
     """
 
-    num_train = 1500
+    def __init__(self) -> None:
+        self.warned = False
 
-    def __init__(self, split: str = "train", transform: Callable | None = None) -> None:
-        from sklearn.datasets import load_digits
+    def __call__(self, path: str | bytes) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        warnings.warn(
+            f"{_name(path)} is a 16-bit image: it is read with 8 bits (the top 8 of 16, so a dim image keeps few "
+            "grey levels), as are the other 16-bit images here. ImageFolderDataModule with data.init_args.file_kind: "
+            "array reads 16-bit PNG and TIFF files with their full range, normalised per band",
+            stacklevel=3,
+        )
 
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        digits = load_digits()
-        # Pixel values are 0..16: stretch them to the 0..255 range of an 8-bit image.
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        part = slice(None, self.num_train) if split == "train" else slice(self.num_train, None)
-        self.images = images[part]
-        self.targets = digits.target[part].tolist()
-        self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.images)
+class ReadImage:
+    """Loader: an image file (a path, or its bytes) to an RGB PIL image, as :func:`load_image`, warning once
+    (:class:`EightBitWarning`) when 16-bit images are reduced to 8 bits."""
 
-    def __getitem__(self, index: int):
-        img = Image.fromarray(self.images[index], mode="L")
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
+    def __init__(self) -> None:
+        self.warn_8_bits = EightBitWarning()
+
+    def __call__(self, path: str | bytes) -> Image.Image:
+        img, sixteen_bit = _open_image(path)
+        if sixteen_bit:
+            self.warn_8_bits(path)
+        return img
 
 
 class FlatImageFolder(Dataset):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mae_lightning.data.arrays import ARRAY_EXTENSIONS
+from mae_lightning.data.arrays import ARRAY_EXTENSIONS, PNG_EXTENSIONS
 from mae_lightning.data.datasets import IMAGE_EXTENSIONS
 
 DATA_EXTENSIONS = tuple(dict.fromkeys((*IMAGE_EXTENSIONS, *ARRAY_EXTENSIONS)))
@@ -72,7 +72,8 @@ def file_kind(paths: list[str], folder: Path, forced: str | None = None) -> str:
     """``"image"`` or ``"array"``: what the files of ``folder`` are.
 
     ``.npy`` files are arrays and the other image suffixes images; TIFF files are either, and go with
-    the files beside them (arrays when alone). ``forced`` reads TIFF files as that kind.
+    the files beside them (arrays when alone). ``forced`` reads TIFF files as that kind, and ``"array"``
+    PNG files too (with their full 16-bit range).
 
     Raises:
         ValueError: images and arrays together, or files of the other kind than ``forced`` (one line).
@@ -85,7 +86,7 @@ def file_kind(paths: list[str], folder: Path, forced: str | None = None) -> str:
             f"({Path(arrays[0]).name}, ...): keep one kind under data.init_args.root"
         )
     kind = forced or ("image" if images else "array")
-    other = images if kind == "array" else arrays
+    other = [p for p in images if not p.lower().endswith(PNG_EXTENSIONS)] if kind == "array" else arrays
     if other:
         raise ValueError(
             f"data.init_args.file_kind={kind!r}, but {str(folder)!r} holds {Path(other[0]).name}, which is not "

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mae_lightning.data.datamodule import MAEDataModule
+from mae_lightning.data.base import MAEDataModule
 
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
 
@@ -119,7 +119,7 @@ class StreamingDataModule(MAEDataModule):
             raise ValueError(f"shards hold image files, read as 1, 3 or 4 channels; got in_chans={self.in_chans}")
         self.set_decode(decode)
         self.root = str(root).rstrip("/")
-        self.loader = self.image_loader()
+        self.loader = self.pipeline.loader(self)
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         # Opened here, so that a missing or unreachable location stops the run before it starts.

@@ -22,13 +22,17 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from mae_lightning.data.datasets import UnreadableImageError
+from mae_lightning.data.datasets import EightBitWarning, UnreadableImageError
 
 _READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
 
 
 class ReadImageUint8:
-    """Loader: an image file to a (in_chans, H, W) uint8 tensor, converting the channel count on decode."""
+    """Loader: an image file to a (in_chans, H, W) uint8 tensor, converting the channel count on decode.
+
+    16-bit images keep their top 8 bits, as :func:`~mae_lightning.data.datasets.load_image` keeps them (the same
+    values, the same warning, once).
+    """
 
     def __init__(self, in_chans: int) -> None:
         if in_chans not in _READ_MODES:
@@ -37,15 +41,20 @@ class ReadImageUint8:
                 "are read from arrays (.npy, multi-band .tif)"
             )
         self.mode = _READ_MODES[in_chans]
+        self.warn_8_bits = EightBitWarning()
 
     def __call__(self, path: str | bytes) -> Tensor:
         """``path``: an image file, or the file's bytes."""
         source = torch.frombuffer(bytearray(path), dtype=torch.uint8) if isinstance(path, bytes) else path
         try:
-            return decode_image(source, mode=self.mode)
+            image = decode_image(source, mode=self.mode)
         except (RuntimeError, ValueError) as err:  # torchvision's report of an empty or corrupt file
             name = "<image bytes>" if isinstance(path, bytes) else path
             raise UnreadableImageError(name, f"{type(err).__name__}: {err}") from err
+        if image.dtype == torch.uint16:  # torch has no shift of uint16
+            self.warn_8_bits(path)
+            image = (image.to(torch.int32) >> 8).to(torch.uint8)
+        return image
 
 
 def pretrain_transform_uint8(
