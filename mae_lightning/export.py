@@ -28,26 +28,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mae_lightning.models.weights import (
+from mae_lightning.checkpoint import (
+    ENCODER_KEYS,
+    HEAD_KEYS,
+    Checkpoint,
     WeightsMismatchError,
-    describe_encoder,
-    load_file,
-    num_heads_from_hparams,
+    part,
+    read_checkpoint,
     read_state_dict,
 )
-
-# The encoder's keys, timm VisionTransformer names: everything else (decoder, mask token) stays behind.
-ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
-# A fine-tuned classifier's own keys, exported on request.
-HEAD_PREFIXES = ("fc_norm.", "head.")
+from mae_lightning.models.presets import describe_encoder
 
 
-def encoder_state_dict(state_dict: Mapping[str, Tensor], include_head: bool = False) -> dict[str, Tensor]:
-    """The encoder's tensors under timm's keys (contiguous copies), optionally with ``fc_norm``/``head``."""
-    prefixes = ENCODER_PREFIXES + (HEAD_PREFIXES if include_head else ())
-    encoder = {
-        key: value.detach().contiguous().clone() for key, value in state_dict.items() if key.startswith(prefixes)
-    }
+def exported_tensors(state_dict: Mapping[str, Tensor], include_head: bool = False) -> dict[str, Tensor]:
+    """The encoder's tensors under timm's keys (contiguous copies), optionally with ``fc_norm``/``head``.
+
+    Everything else (decoder, mask token) stays behind.
+    """
+    prefixes = ENCODER_KEYS + (HEAD_KEYS if include_head else ())
+    encoder = {key: value.detach().contiguous().clone() for key, value in part(state_dict, prefixes).items()}
     needed = ("patch_embed.proj.weight", "cls_token", "pos_embed", "blocks.0.attn.qkv.weight")
     absent = [key for key in needed if key not in encoder]
     if absent:
@@ -75,9 +74,9 @@ def export_encoder(
     Returns:
         The timm ``VisionTransformer`` arguments of the encoder (see :func:`describe_encoder`).
     """
-    checkpoint = source if isinstance(source, Mapping) else load_file(source)
-    encoder = encoder_state_dict(read_state_dict(checkpoint, prefix=prefix), include_head)
-    info = describe_encoder(encoder, num_heads_from_hparams(checkpoint))
+    checkpoint = Checkpoint(Path("<state dict>"), source) if isinstance(source, Mapping) else read_checkpoint(source)
+    encoder = exported_tensors(read_state_dict(checkpoint.contents, prefix=prefix), include_head)
+    info = describe_encoder(encoder, checkpoint.model_args.get("num_heads"))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":

@@ -14,10 +14,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder
+from mae_lightning.checkpoint import ENCODER_KEYS
 from mae_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 
 
 def small_model(seed: int = 0, img_size: int = 16) -> MaskedAutoencoder:
@@ -72,14 +72,14 @@ def test_continues_from_an_official_full_file(tmp_path):
 def test_continues_from_an_official_encoder_file_with_a_fresh_decoder(tmp_path):
     source = small_model(seed=0).state_dict()
     path = tmp_path / "mae_pretrain.pth"
-    torch.save({"model": {k: v for k, v in source.items() if k.startswith(ENCODER_PREFIXES)}}, path)
+    torch.save({"model": {k: v for k, v in source.items() if k.startswith(ENCODER_KEYS)}}, path)
     fresh = small_model(seed=1)
     fresh_state = {k: v.clone() for k, v in fresh.state_dict().items()}
     module = MAEPretraining(fresh, init_weights=str(path), warmup_epochs=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="init_weights")  # the missing decoder is the plan: no warning
         start = fit_and_capture(tmp_path, module)
-    encoder = [k for k in source if k.startswith(ENCODER_PREFIXES)]
+    encoder = [k for k in source if k.startswith(ENCODER_KEYS)]
     decoder = [k for k in source if k not in encoder]
     assert decoder and encoder
     assert_same(start, source, encoder)
@@ -87,7 +87,7 @@ def test_continues_from_an_official_encoder_file_with_a_fresh_decoder(tmp_path):
 
 
 def test_a_finetuned_file_warns_with_the_keys_it_could_not_use(tmp_path):
-    state = {k: v for k, v in small_model(seed=0).state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+    state = {k: v for k, v in small_model(seed=0).state_dict().items() if k.startswith(ENCODER_KEYS)}
     state["head.weight"], state["head.bias"] = torch.zeros(10, 32), torch.zeros(10)
     path = tmp_path / "mae_finetuned.pth"
     torch.save({"model": state}, path)

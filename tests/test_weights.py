@@ -10,16 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from mae_lightning import MaskedAutoencoder
-from mae_lightning.models.weights import (
-    WeightsMismatchError,
-    load_weights,
-    read_state_dict,
-    resize_pos_embed,
-    sincos_grid,
-)
+from mae_lightning.checkpoint import ENCODER_KEYS, WeightsMismatchError, part, read_state_dict
+from mae_lightning.models.pos_embed import resize_pos_embed, sincos_grid
+from mae_lightning.models.weights import load_weights
 from mae_lightning.ops import sincos_2d
-
-ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 
 
 def small_mae(img_size=32, seed=0, **kwargs) -> MaskedAutoencoder:
@@ -32,7 +26,7 @@ def small_mae(img_size=32, seed=0, **kwargs) -> MaskedAutoencoder:
 
 
 def encoder_keys(state_dict: dict) -> dict:
-    return {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES)}
+    return part(state_dict, ENCODER_KEYS)
 
 
 def official_full(model: MaskedAutoencoder) -> dict:

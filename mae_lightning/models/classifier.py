@@ -13,12 +13,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from mae_lightning.checkpoint import ENCODER_KEYS, HEAD_KEYS, Checkpoint, WeightsMismatchError, part, read_checkpoint
+from mae_lightning.models.presets import ENCODER_SIZE_KEYS
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
-from mae_lightning.models.weights import WeightsMismatchError, load_file, load_weights, read_state_dict
+from mae_lightning.models.weights import load_weights
 from mae_lightning.ops import sincos_2d
-
-# The encoder size that a config may leave to the checkpoint (see VisionTransformer's ``patch_size``).
-_SIZE = ("patch_size", "embed_dim", "depth", "num_heads")
 
 
 class VisionTransformer(nn.Module):
@@ -55,9 +54,8 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        unstated = [
-            name for name, value in zip(_SIZE, (patch_size, embed_dim, depth, num_heads), strict=True) if value is None
-        ]
+        size = dict(zip(ENCODER_SIZE_KEYS, (patch_size, embed_dim, depth, num_heads, mlp_ratio), strict=True))
+        unstated = [name for name, value in size.items() if value is None]
         if unstated:
             raise ValueError(
                 f"the classifier's {', '.join(unstated)} are not stated: state them, or leave them out of a config "
@@ -126,28 +124,11 @@ class VisionTransformer(nn.Module):
         return self.head(self.forward_features(imgs))
 
 
-# Keys of a MaskedAutoencoder that the classifier does not have.
-_DECODER_PREFIXES = ("decoder_", "mask_token")
-
-
-def checkpoint_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The model weights of a checkpoint: this project's Lightning ``.ckpt`` or an official ``.pth``, keys bare.
-
-    Lightning checkpoints of this project's modules keep the model under ``state_dict`` with the prefix
-    ``model.``; the official files keep it under ``model``.
-    """
-    path = Path(path)
-    if not path.is_file():
+def read_pretrained(path: str | Path) -> Checkpoint:
+    """The ``pretrained`` file, opened once (see :func:`~mae_lightning.checkpoint.read_checkpoint`)."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} does not exist")
-    # Read with weights_only=True: a downloaded file never runs pickled code.
-    checkpoint = load_file(path)
-    lightning = isinstance(checkpoint, dict) and "state_dict" in checkpoint
-    return read_state_dict(checkpoint, prefix="model." if lightning else None)
-
-
-def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The encoder weights of a pretraining checkpoint (see :func:`checkpoint_state_dict`); decoder keys dropped."""
-    return {k: v for k, v in checkpoint_state_dict(path).items() if not k.startswith(_DECODER_PREFIXES)}
+    return read_checkpoint(path)
 
 
 def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[str, str]:
@@ -165,16 +146,14 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[
         WeightsMismatchError (a ValueError): naming the tensors, when the checkpoint's architecture is
             not the model's (a different width, depth or patch size).
     """
-    state = encoder_state_dict(path)
-    # The paper starts both from new: the head, and fc_norm which replaces the pretraining's final norm.
-    dropped = ("head.", "fc_norm.", "norm.") if model.global_pool else ("head.", "fc_norm.")
-    state = {k: v for k, v in state.items() if not k.startswith(dropped)}
+    # The paper starts the head from new, and with global pooling fc_norm, which replaces the final norm.
+    kept = [key for key in ENCODER_KEYS if not (model.global_pool and key == "norm.")]
+    state = part(read_pretrained(path).state_dict, kept)
     try:
-        report = load_weights(model, state, strict=True, expected_missing=("head.*", "fc_norm.*"))
+        report = load_weights(model, state, strict=True, expected_missing=[f"{key}*" for key in HEAD_KEYS])
     except WeightsMismatchError as err:
         raise WeightsMismatchError(f"pretrained checkpoint {str(path)!r}: {err}") from None
-    for key, change in report.resized.items():
-        rank_zero_info(f"{key} of {str(path)!r}: {change}")
+    rank_zero_info(f"pretrained checkpoint {str(path)!r}: {report.message()}")
     return report.resized
 
 
@@ -192,8 +171,8 @@ def load_classifier(model: VisionTransformer, path: str | Path) -> dict[str, str
     Raises:
         WeightsMismatchError (a ValueError): the file has no classification head, or does not fit ``model``.
     """
-    state = checkpoint_state_dict(path)
-    if not any(key.startswith("head.") for key in state):
+    state = read_pretrained(path).state_dict
+    if not part(state, ["head."]):
         raise WeightsMismatchError(
             f"pretrained checkpoint {str(path)!r} has no classification head (no head.* weights) to evaluate: "
             "fine-tune or linear-probe it first, or pass the fine-tuned checkpoint with --ckpt_path"
