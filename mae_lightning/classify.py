@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.classifier import VisionTransformer, load_classifier, load_pretrained_encoder
-from mae_lightning.optim import (
-    LARS,
-    check_schedule,
-    check_warmup,
-    param_groups_layer_decay,
-    parameter_shapes,
-    scaled_lr,
-    set_scheduled_lr,
-    trainer_run_length,
-)
+from mae_lightning.optim import LARS, param_groups_layer_decay
+from mae_lightning.recipe import Recipe, SetupError
 
 SHARDED_PROBE_MESSAGE = (
     "LinearProbe trains only its head, with LARS, whose trust ratio needs whole tensors, not shards: "
@@ -36,11 +25,11 @@ SHARDED_PROBE_MESSAGE = (
 )
 
 
-class ImageClassification(LightningModule):
-    """Shared machinery of :class:`LinearProbe` and :class:`FineTune`: lr schedule, metrics, steps.
+class ImageClassification(Recipe):
+    """Shared machinery of :class:`LinearProbe` and :class:`FineTune`: metrics, evaluation steps, weights to start from.
 
     Args:
-        model: the classifier; its ``head`` decides the number of classes.
+        model: the classifier; its ``head`` decides the number of classes, which must be the data's.
         pretrained: checkpoint read when the Trainer sets the module up, once (None: random initialisation).
             ``fit`` loads its encoder (the head stays new); ``validate``/``test``/``predict`` evaluate it as
             published, head included (an official ``mae_finetuned_vit_*.pth``). A module restored from a
@@ -52,6 +41,8 @@ class ImageClassification(LightningModule):
         warmup_epochs: epochs of linear warmup.
     """
 
+    weights_argument = "pretrained"
+
     def __init__(
         self,
         model: VisionTransformer,
@@ -62,25 +53,11 @@ class ImageClassification(LightningModule):
         weight_decay: float = 0.0,
         warmup_epochs: float = 5,
     ) -> None:
-        super().__init__()
-        check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
         if model.num_classes < 1:
             raise ValueError(f"model.num_classes must be >= 1 to classify, got {model.num_classes}")
-        save_module_hparams(self, model)
-        self.model = model
+        super().__init__(model, base_lr, lr, min_lr, weight_decay, warmup_epochs)
         self.pretrained = pretrained
-        # Set once the weights are in the model: from `pretrained`, or by a checkpoint being restored.
-        self._weights_loaded = False
-        self._load_error: Exception | None = None
-        self.base_lr = base_lr
-        self.lr = lr
-        self.min_lr = min_lr
-        self.weight_decay = weight_decay
-        self.warmup_epochs = warmup_epochs
         self.num_classes = model.num_classes
-        self.effective_batch_size: int | None = None
-        self.peak_lr: float | None = None
-        self._param_shapes: dict | None = None
         top5 = min(5, self.num_classes)
         self.metrics = nn.ModuleDict(
             {
@@ -94,69 +71,23 @@ class ImageClassification(LightningModule):
         """imgs (N, C, H, W) -> logits (N, num_classes)."""
         return self.model(imgs)
 
-    # ------------------------------------------------------------------ weights
-    def setup(self, stage: str) -> None:
-        # Before the strategy wraps or shards the model. Lightning restores a `ckpt_path` only after this
-        # hook and does not say beforehand whether it will (in 2.6 `trainer.ckpt_path` still holds the
-        # previous run's here), so a load error waits for the first loop: a restore makes the file moot.
-        self._load_error = None
-        if self.pretrained is None or self._weights_loaded:
-            return
-        try:
-            if stage == "fit":
-                load_pretrained_encoder(self.model, self.pretrained)
-            else:
-                load_classifier(self.model, self.pretrained)
-        except (OSError, ValueError) as err:
-            # Without its traceback: the frames would keep the file's tensors alive through the restore.
-            self._load_error = err.with_traceback(None)
+    def load_weights_file(self, path: str, stage: str) -> bool:
+        if stage == "fit":
+            load_pretrained_encoder(self.model, path)
         else:
-            self._weights_loaded = True
+            load_classifier(self.model, path)
+        return True
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._weights_loaded = True
-        self._load_error = None
-
-    def _raise_load_error(self) -> None:
-        if self._load_error is not None:
-            raise self._load_error
-
-    # The first hooks of the loops: any `ckpt_path` is restored by then, whatever the strategy.
-    def on_train_epoch_start(self) -> None:
-        self._raise_load_error()
-
-    def on_validation_start(self) -> None:
-        self._raise_load_error()
-
-    def on_test_start(self) -> None:
-        self._raise_load_error()
-
-    def on_predict_start(self) -> None:
-        self._raise_load_error()
-
-    # ------------------------------------------------------------------ schedule
-    def on_train_start(self) -> None:
-        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
-        if not batch_size:
-            raise ValueError("the training DataLoader must have a fixed batch_size to scale the learning rate")
-        self.effective_batch_size = batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        self.peak_lr = self.lr if self.lr is not None else scaled_lr(self.base_lr, self.effective_batch_size)
-        rank_zero_info(f"Effective batch size {self.effective_batch_size}; peak lr {self.peak_lr:.3e}")
-        check_warmup(self.warmup_epochs, trainer_run_length(self.trainer))
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr, self.min_lr, self.warmup_epochs)
-
-    def configure_model(self) -> None:
-        # Before any strategy wraps or shards the model: the optimizer groups are decided from these shapes.
-        self._param_shapes = parameter_shapes(self.model)
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data_classes = getattr(self.trainer.datamodule, "num_classes", None) if self._trainer is not None else None
+        if stage == "fit" and data_classes is not None and data_classes != self.num_classes:
+            raise SetupError(
+                f"the classifier's head has model.init_args.num_classes={self.num_classes} outputs, but the data has "
+                f"{data_classes} classes: set num_classes to {data_classes}"
+            )
 
     # ------------------------------------------------------------------ steps
-    def _log_train_loss(self, loss: Tensor, batch_size: int) -> None:
-        # Per step this process's loss (no synchronisation); per epoch the mean over every process.
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
-
     def features(self, imgs: Tensor) -> Tensor:
         """Pooled features before the head: (N, C, H, W) -> (N, D)."""
         return self.model.forward_features(imgs)
@@ -247,8 +178,7 @@ class LinearProbe(ImageClassification):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         imgs, targets = batch[0], batch[1]
         loss = F.cross_entropy(self(imgs), targets)
-        self._log_train_loss(loss, imgs.shape[0])
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log_train_loss(loss, imgs.shape[0])
         return loss
 
 
@@ -348,8 +278,5 @@ class FineTune(ImageClassification):
             soft = F.one_hot(targets, self.num_classes).to(imgs.dtype)
         logits = self(imgs)
         loss = torch.sum(-self.soft_targets(soft) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        self._log_train_loss(loss, imgs.shape[0])
-        # The peak (unscaled) lr: the head's groups have lr_scale 1.
-        lr = max(group["lr"] for group in self.trainer.optimizers[0].param_groups)
-        self.log("lr", lr, on_step=True, on_epoch=False)
+        self.log_train_loss(loss, imgs.shape[0])
         return loss

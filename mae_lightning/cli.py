@@ -1,12 +1,15 @@
 """The command line: ``python -m mae_lightning {fit,validate,test,predict} --config configs/<x>.yaml``.
 
-A thin LightningCLI: it links the image geometry of the data into the model (stated once, in
-``data``), records the full resolved config with the run and in the logger, refuses to start an
-online W&B run that could only hang, and turns configuration errors into one readable line.
+A thin LightningCLI: it links the image geometry of the data into the model (stated once, in ``data``), records
+the full resolved config in the run's folder and in the logger, resolves the files a run starts from
+(``ckpt_path``, W&B artifact references, an encoder size left to a checkpoint) before anything is built, and turns
+configuration errors into one readable line. What W&B needs before a run starts is in ``runtime/wandb_run.py``.
+Entries of the config are recognised by their class (a subclass behaves as its parent), never by name.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -15,15 +18,19 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import ArgumentError
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mae_lightning.classify import SHARDED_PROBE_MESSAGE
-from mae_lightning.models.weights import ARCHITECTURE_KEYS, WeightsMismatchError, checkpoint_architecture
+from mae_lightning.checkpoint import WeightsMismatchError, read_checkpoint
+from mae_lightning.classify import SHARDED_PROBE_MESSAGE, LinearProbe
+from mae_lightning.models.classifier import VisionTransformer
+from mae_lightning.models.presets import ENCODER_SIZE_KEYS, encoder_size
+from mae_lightning.recipe import SetupError
 from mae_lightning.runtime import (
     AtomicCheckpointIO,
     CheckpointOnPreemption,
@@ -34,7 +41,13 @@ from mae_lightning.runtime import (
     StopOnNonFiniteLoss,
 )
 from mae_lightning.runtime.wandb_artifacts import ArtifactUnavailableError, artifact_file, is_artifact_reference
-from mae_lightning.runtime.wandb_resume import run_id_in_checkpoint
+from mae_lightning.runtime.wandb_run import (
+    AnnounceWandbRun,
+    WandbNotReadyError,
+    check_wandb_can_start,
+    continue_wandb_run,
+    name_wandb_run_after_config,
+)
 
 # Lines of jsonargparse's nested union report that say nothing to a user.
 _NOISE = (
@@ -49,10 +62,6 @@ _NOISE = (
 
 class ConfigError(Exception):
     """A setting was rejected by the constructor that received it."""
-
-
-class WandbNotReadyError(ConfigError):
-    """An online W&B run was asked for without the API key it needs to start."""
 
 
 class MAETrainer(Trainer):
@@ -82,9 +91,23 @@ class MAETrainer(Trainer):
 
 
 class LoggedConfigCallback(SaveConfigCallback):
-    """Save ``config.yaml`` in the run directory and send the same resolved config to the logger."""
+    """Save ``config.yaml`` in the run's own folder and send the same resolved config to the logger.
+
+    The run's folder is the logger's (``<save_dir>/<name>/version_<n>``), the ``default_root_dir`` without a
+    logger, and with a W&B logger the W&B run's own folder (``<save_dir>/wandb/<run>/files``, uploaded with the
+    run): Lightning's choice there, the ``save_dir`` itself, is shared by every W&B run under it.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.save_to_log_dir = False  # saved by save_config, into the folder chosen here
+        self._log_dir = trainer.log_dir  # on every process: it is broadcast
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        folder = next((lg.experiment.dir for lg in trainer.loggers if isinstance(lg, WandbLogger)), self._log_dir)
+        os.makedirs(folder, exist_ok=True)
+        config_path = os.path.join(folder, self.config_filename)
+        self.parser.save(self.config, config_path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
         config = yaml.safe_load(self.parser.dump(self.config))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
@@ -102,19 +125,23 @@ class MAECLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        check_wandb_can_start(config)
+        wandb_loggers = [
+            entry for entry in _as_list(config.get("trainer", {}).get("logger")) if _is(entry, WandbLogger)
+        ]
+        for logger in wandb_loggers:
+            check_wandb_can_start(logger.init_args)
         fetch_artifact_references(config)
         drop_checkpoint_callbacks_when_off(config)
         checkpoint = resolve_ckpt_path(config)
         if checkpoint is not None:
-            continue_wandb_run(config, checkpoint)
+            continue_wandb_run(wandb_loggers, checkpoint)
             forget_init_weights(config)
         elif config.get("ckpt_path") is None:
             check_weights_files_exist(config)
         take_architecture_from_checkpoint(config, checkpoint)
         refuse_sharded_linear_probe(config)
-        name_wandb_run_after_config(config)
-        if _wandb_loggers(config):
+        name_wandb_run_after_config(wandb_loggers, config.get("config") or [])
+        if wandb_loggers:
             # Added here, not in trainer_defaults: only a run with a W&B logger says where its run is.
             callbacks = self.trainer_defaults.get("callbacks") or []
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
@@ -150,23 +177,7 @@ def drop_checkpoint_callbacks_when_off(config) -> None:
     callbacks = trainer.get("callbacks")
     if not callbacks or (trainer.get("enable_checkpointing") is not False and not trainer.get("fast_dev_run")):
         return
-    trainer["callbacks"] = [c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")]
-
-
-def check_wandb_can_start(config) -> None:
-    """Fail at once, with the fix, when an online W&B run has no API key to start with.
-
-    Without a key wandb would stop at a login prompt (or fail deep inside the first step);
-    offline mode (``trainer.logger.init_args.offline: true`` or ``WANDB_MODE=offline``) needs none.
-    """
-    for logger in _wandb_loggers(config):
-        offline = bool(logger.init_args.get("offline")) or os.environ.get("WANDB_MODE") in ("offline", "disabled")
-        if not offline and not _wandb_api_key_available():
-            raise WandbNotReadyError(
-                "the W&B logger is online but no W&B API key was found: run `wandb login`, "
-                "set WANDB_API_KEY, or log offline with `--trainer.logger.init_args.offline true` "
-                "(or WANDB_MODE=offline) and `wandb sync` later"
-            )
+    trainer["callbacks"] = [c for c in _as_list(callbacks) if not _is(c, ModelCheckpoint)]
 
 
 def resolve_ckpt_path(config) -> Path | None:
@@ -182,10 +193,9 @@ def resolve_ckpt_path(config) -> Path | None:
     if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or "://" in str(ckpt_path):
         return None
     if ckpt_path == "last":
-        callbacks = config.get("trainer", {}).get("callbacks") or []
-        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-            dirpath = getattr(callback, "init_args", {}).get("dirpath") if hasattr(callback, "init_args") else None
-            if str(getattr(callback, "class_path", "")).endswith("ModelCheckpoint") and dirpath:
+        for callback in _as_list(config.get("trainer", {}).get("callbacks")):
+            dirpath = callback.init_args.get("dirpath") if _is(callback, ModelCheckpoint) else None
+            if dirpath:
                 last = Path(dirpath) / "last.ckpt"
                 if last.is_file():
                     return last
@@ -248,10 +258,11 @@ def forget_init_weights(config) -> None:
 def refuse_sharded_linear_probe(config) -> None:
     """The linear probe under FSDP or model parallelism stops here, in one line (``LinearProbe.configure_model``)."""
     strategy = config.get("trainer", {}).get("strategy")
-    name = str(getattr(strategy, "class_path", strategy) or "").lower()
-    if str(getattr(config.get("model"), "class_path", "")).endswith("LinearProbe") and (
-        "fsdp" in name or "modelparallel" in name
-    ):
+    # A strategy given by its registered name ("fsdp", "fsdp_cpu_offload", ...) or by class.
+    sharded = _is(strategy, (FSDPStrategy, ModelParallelStrategy)) or (
+        isinstance(strategy, str) and ("fsdp" in strategy.lower() or "modelparallel" in strategy.lower())
+    )
+    if sharded and _is(config.get("model"), LinearProbe):
         raise ConfigError(SHARDED_PROBE_MESSAGE)
 
 
@@ -263,87 +274,39 @@ def take_architecture_from_checkpoint(config, checkpoint: Path | None) -> None:
     """
     module_args = getattr(config.get("model"), "init_args", None) or {}
     vit = module_args.get("model")
-    vit_args = getattr(vit, "init_args", None)
-    if not str(getattr(vit, "class_path", "")).endswith("VisionTransformer") or vit_args is None:
+    if not _is(vit, VisionTransformer):
         return
-    unstated = [key for key in ARCHITECTURE_KEYS if key in vit_args and vit_args.get(key) is None]
+    vit_args = vit.init_args
+    unstated = [key for key in ENCODER_SIZE_KEYS if key in vit_args and vit_args.get(key) is None]
     source = checkpoint or module_args.get("pretrained")
     if not unstated or not source:
         return  # nothing to fill, or nothing to fill it from: the model says which values are missing
     try:
-        architecture = checkpoint_architecture(source)
+        architecture = encoder_size(read_checkpoint(source))
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"model.init_args.model: the encoder size is not stated and {err}") from None
     for key in unstated:
         vit_args[key] = architecture[key]
 
 
-def continue_wandb_run(config, checkpoint: Path) -> None:
-    """Give a W&B logger without an ``id`` the run id stored in ``checkpoint``, to continue that run."""
-    wandb_loggers = [logger for logger in _wandb_loggers(config) if not logger.init_args.get("id")]
-    if not wandb_loggers:
-        return
-    # mmap: only the few bytes of the callback states are read, not the weights.
-    run_id = run_id_in_checkpoint(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True))
-    if run_id:
-        for logger in wandb_loggers:
-            logger.init_args["id"] = run_id
-            logger.init_args["resume"] = "allow"
-
-
-def _wandb_loggers(config) -> list:
-    """The WandbLogger entries of the config's ``trainer.logger`` (one logger or a list)."""
-    loggers = config.get("trainer", {}).get("logger")
-    return [
-        logger
-        for logger in (loggers if isinstance(loggers, list) else [loggers])
-        if str(getattr(logger, "class_path", "")).endswith("WandbLogger")
-    ]
-
-
-def name_wandb_run_after_config(config) -> None:
-    """Name a W&B run without a ``name`` after the stem of the first ``--config`` file (``quickstart``).
-
-    Left alone: a ``name`` set in YAML or on the command line, a run being continued (an ``id``, given or
-    taken from the checkpoint: it keeps its name), and the runs of a sweep (``WANDB_SWEEP_ID``), which
-    W&B names one by one.
-    """
-    config_files = config.get("config") or []
-    if not config_files or os.environ.get("WANDB_SWEEP_ID"):
-        return
-    stem = Path(str(config_files[0])).stem
-    for logger in _wandb_loggers(config):
-        if not logger.init_args.get("name") and not logger.init_args.get("id"):
-            logger.init_args["name"] = stem
-
-
-def wandb_run_location(run) -> str:
-    """One line that says where a started W&B run is: its URL, or offline its folder and the command that uploads it."""
-    if run.offline:
-        return f"W&B run {run.name!r} is offline in {run.sync_dir}; upload it with `wandb sync {run.sync_dir}`"
-    return f"W&B run {run.name!r}: {run.url}"
-
-
-class AnnounceWandbRun(Callback):
-    """Print where the W&B run is once it has started (global rank zero, where the run lives)."""
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # Lightning starts the loggers' experiments just before the callbacks' setup.
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-                rank_zero_info(wandb_run_location(logger.experiment))
-
-
-def _wandb_api_key_available() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    host = re.sub(r"^https?://", "", os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).split("/")[0]
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+def _is(entry, classes: type | tuple[type, ...]) -> bool:
+    """Whether a config entry (``class_path`` + ``init_args``) names one of ``classes`` or a subclass of one."""
+    class_path = getattr(entry, "class_path", None)
+    if not isinstance(class_path, str) or "." not in class_path:
         return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # the parser has already said whether the class exists
+    return isinstance(cls, type) and issubclass(cls, classes)
+
+
+def _as_list(value) -> list:
+    """A config value that may be one entry or a list of them, as a list."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
 def one_line_error(message: str) -> str:
@@ -388,11 +351,11 @@ def main(args: list[str] | None = None) -> MAECLI:
             parser_kwargs={"exit_on_error": False, "prog": "python -m mae_lightning"},
             args=args,
         )
-    except (ArgumentError, ConfigError) as err:
+    except (ArgumentError, ConfigError, WandbNotReadyError) as err:
         print(f"mae_lightning: error: {one_line_error(str(err)) or str(err).strip()}", file=sys.stderr)
         raise SystemExit(2) from None
-    except WeightsMismatchError as err:
-        # Raised when the run sets the model up: weights that do not fit the model, named in one message.
+    except (WeightsMismatchError, SetupError) as err:
+        # Raised when the run sets the model up: weights that do not fit the model, a head that does not fit the data.
         print(f"mae_lightning: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteLossError as err:

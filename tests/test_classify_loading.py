@@ -5,6 +5,7 @@ Real files on disk and the real Trainer on CPU, with a 2-block ViT on 16 px digi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,20 @@ def test_classifier_without_size_or_checkpoint_says_what_is_missing(in_tmp: Path
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "patch_size, embed_dim, depth, num_heads are not stated" in line
+
+
+def test_a_head_that_does_not_fit_the_data_stops_when_fitting_starts(in_tmp: Path, capsys, caplog):
+    """A 3-way head on the 10 digit classes would train (loss ln 3, labels past the head fail late): one line."""
+    _quickstart_checkpoint()
+    config = str(CONFIGS / "finetune" / "quickstart.yaml")
+    with caplog.at_level(logging.INFO):
+        main(["fit", "--config", config, *QUIET, "--trainer.fast_dev_run", "true"])
+    # What `pretrained` loaded is said in one line.
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pretrained checkpoint")]
+    assert len(loaded) == 1 and "loaded" in loaded[0] and "missing in the file" in loaded[0], loaded
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, *QUIET, "--trainer.fast_dev_run", "true",
+              "--model.init_args.model.init_args.num_classes", "3"])  # fmt: skip
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "num_classes=3" in line and "the data has 10 classes" in line, line

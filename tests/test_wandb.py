@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import wandb
+import yaml
 from wandb.proto import wandb_internal_pb2
 
 from mae_lightning.cli import main
@@ -110,6 +111,10 @@ def test_offline_run_records_metrics_and_the_resolved_config(wandb_home: Path):
 
     runs = list((save_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(save_dir.rglob("*"))
+    # The saved config is the run's own (uploaded with its files), not one that every run under save_dir overwrites.
+    assert not (save_dir / "config.yaml").exists()
+    saved = yaml.safe_load((runs[0] / "files" / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(save_dir)
     files = list(runs[0].glob("run-*.wandb"))
     assert len(files) == 1
     records = list(wandb_records(files[0]))
@@ -352,12 +357,11 @@ def test_offline_run_is_named_after_the_config_and_takes_group_and_tags_from_yam
 def test_default_run_name(init_args: dict, env: dict, expected, monkeypatch: pytest.MonkeyPatch):
     from jsonargparse import Namespace
 
-    from mae_lightning.cli import name_wandb_run_after_config
+    from mae_lightning.runtime.wandb_run import name_wandb_run_after_config
 
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     logger = Namespace(class_path="lightning.pytorch.loggers.WandbLogger", init_args=Namespace(**init_args))
-    config = Namespace(config=[Path(QUICKSTART), Path(WANDB_CONFIG)], trainer=Namespace(logger=logger))
-    name_wandb_run_after_config(config)
+    name_wandb_run_after_config([logger], [Path(QUICKSTART), Path(WANDB_CONFIG)])
     assert logger.init_args.get("name") == expected

@@ -1,8 +1,8 @@
 """What keeps runs alive and right, apart from the method: nothing here changes what MAE learns.
 
-Atomic checkpoint writes, the per-rank random state, the W&B run id and checkpoint artifacts, a checkpoint
-on SIGTERM, the stop on a non-finite loss, the count of skipped files, and running the model through a
-strategy's wrapper.
+Atomic checkpoint writes, the per-rank random state, the start of a W&B run (its key, name and id) and
+checkpoint artifacts, a checkpoint on SIGTERM, the stop on a non-finite loss, the count of skipped files, and
+running the model through a strategy's wrapper.
 The command line adds these callbacks to every run (``cli.py``).
 """
 
@@ -12,7 +12,7 @@ from mae_lightning.runtime.preemption import CheckpointOnPreemption
 from mae_lightning.runtime.rng_state import RNGStateCheckpoint
 from mae_lightning.runtime.skipped_images import LogSkippedImages
 from mae_lightning.runtime.wandb_artifacts import WandbLogger
-from mae_lightning.runtime.wandb_resume import KeepWandbRunId
+from mae_lightning.runtime.wandb_run import KeepWandbRunId
 
 __all__ = [
     "AtomicCheckpointIO",
