@@ -92,7 +92,7 @@ def main() -> None:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = forward_train(imgs, 0.75)
+            loss = forward_train(imgs, 0.75).loss
         loss.backward()
         optimizer.step()
 

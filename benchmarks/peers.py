@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mae_lightning.masking import num_kept
 from mae_lightning.models import MaskedAutoencoder
-from mae_lightning.ops import num_kept, patchify
+from mae_lightning.ops import patchify
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Impl:
 
 def build_ours(reference: MaskedAutoencoder, mask_ratio: float) -> Impl:
     model = _clone(reference)
-    return Impl("mae_lightning", model, lambda imgs, noise: model.forward_train(imgs, mask_ratio, noise)[0])
+    return Impl("mae_lightning", model, lambda imgs, noise: model.forward_train(imgs, mask_ratio, noise).loss)
 
 
 # ---------------------------------------------------------------------------- official model on timm blocks

@@ -177,7 +177,7 @@ def step_flops(model, mask_ratio: float, batch: int = 4) -> float:
     model.train()
     imgs = torch.randn(batch, model.in_chans, *model.img_size)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = model.forward_train(imgs, mask_ratio)
+        loss = model.forward_train(imgs, mask_ratio).loss
         loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch

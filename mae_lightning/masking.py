@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mae_lightning.ops import masking_order, num_kept
+from mae_lightning.ops import inverse_permutation
 
 # How often BEiT tries to place a rectangle before it stops adding blocks to a mask.
 BLOCK_ATTEMPTS = 10
@@ -251,6 +251,24 @@ class GridMasking(MaskingStrategy):
                 f"0.9375, ...) and the patch grid a multiple of k, got mask_ratio={mask_ratio} on a {gh}x{gw} grid"
             )
         return k
+
+
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+    """How many patches the encoder sees: ``int(L * (1 - mask_ratio))``, as the official code."""
+    return int(num_patches * (1 - mask_ratio))
+
+
+def masking_order(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample token order of the masking: the ``len_keep`` tokens with the smallest noise are kept.
+
+    noise: (N, L) -> ids_shuffle (N, L) (kept tokens first), ids_restore (N, L) (its inverse),
+    mask (N, L) float with 1 on removed tokens, in the original token order.
+    """
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = inverse_permutation(ids_shuffle)
+    # A token is removed exactly when its rank in the shuffle is >= len_keep.
+    mask = (ids_restore >= len_keep).to(noise.dtype)
+    return ids_shuffle, ids_restore, mask
 
 
 def mask_from_scores(scores: Tensor, mask_ratio: float, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, int]:

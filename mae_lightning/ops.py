@@ -1,9 +1,10 @@
-"""The tensor operations MAE is made of: patches, random masking and 2-D sin-cos position tables.
+"""The shape primitives MAE is made of: patches, token gathers and pooling, 2-D sin-cos position tables.
 
 Every function here matches facebookresearch/mae (``models_mae.py`` and ``util/pos_embed.py``)
 value for value, generalised to any channel count and to non-square images. Patch vectors are
 laid out ``(p, q, c)`` (row in patch, column in patch, channel), as in the official code, so that
-an official ``decoder_pred`` layer predicts the same pixels here.
+an official ``decoder_pred`` layer predicts the same pixels here. Which patches are hidden is
+masking maths, in ``masking.py``.
 """
 
 from __future__ import annotations
@@ -61,24 +62,6 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels
     return x.reshape(n, channels, gh * p, gw * p)
 
 
-def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """How many patches the encoder sees: ``int(L * (1 - mask_ratio))``, as the official code."""
-    return int(num_patches * (1 - mask_ratio))
-
-
-def masking_order(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample token order of the masking: the ``len_keep`` tokens with the smallest noise are kept.
-
-    noise: (N, L) -> ids_shuffle (N, L) (kept tokens first), ids_restore (N, L) (its inverse),
-    mask (N, L) float with 1 on removed tokens, in the original token order.
-    """
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = inverse_permutation(ids_shuffle)
-    # A token is removed exactly when its rank in the shuffle is >= len_keep.
-    mask = (ids_restore >= len_keep).to(noise.dtype)
-    return ids_shuffle, ids_restore, mask
-
-
 def inverse_permutation(order: Tensor) -> Tensor:
     """order: (N, T), a permutation of 0..T-1 per row -> its inverse (N, T).
 
@@ -94,30 +77,17 @@ def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep a random subset of tokens per sample (the official ``random_masking``, on tokens).
+# The poolings of encoder tokens into one vector per image.
+POOLS = ("cls", "mean")
 
-    The model's own masking path with :class:`~mae_lightning.masking.RandomMasking` noise (the same draw
-    and the same order, see ``masking.py``); the tokens with the smallest noise are kept, so passing the
-    same ``noise`` reproduces a mask.
 
-    Args:
-        x: (N, L, D) tokens.
-        mask_ratio: share of tokens removed, in [0, 1).
-        noise: optional (N, L) values whose per-row argsort decides the order; uniform when None.
-
-    Returns:
-        x_kept: (N, L_keep, D) the visible tokens, in the order of increasing noise.
-        mask: (N, L) 0 where kept and 1 where removed, in the original token order (dtype of x).
-        ids_restore: (N, L) long, the permutation that undoes the shuffle (argsort of the argsort).
-    """
-    from mae_lightning.masking import RandomMasking, mask_from_scores  # masking.py builds on this module
-
-    n, length, _ = x.shape
-    if noise is None:
-        noise = RandomMasking().scores(n, (1, length), mask_ratio, x.device)
-    ids_shuffle, ids_restore, mask, len_keep = mask_from_scores(noise, mask_ratio, (n, length))
-    return gather_tokens(x, ids_shuffle[:, :len_keep]), mask.to(x.dtype), ids_restore
+def pool_tokens(tokens: Tensor, pool: str) -> Tensor:
+    """tokens: (N, 1 + T, D), the cls token first -> (N, D): the cls token (``"cls"``) or the mean of the others."""
+    if pool == "cls":
+        return tokens[:, 0]
+    if pool == "mean":
+        return tokens[:, 1:].mean(dim=1)
+    raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
 
 
 def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:

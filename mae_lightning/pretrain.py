@@ -12,6 +12,7 @@ from torch import Tensor
 from mae_lightning.hparams import save_module_hparams
 from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
 from mae_lightning.models.weights import load_weights
+from mae_lightning.ops import POOLS, pool_tokens
 from mae_lightning.optim import (
     check_schedule,
     check_warmup,
@@ -36,7 +37,10 @@ class MAEPretraining(LightningModule):
 
     Args:
         model: the masked autoencoder to train.
-        mask_ratio: share of patches removed per image.
+        mask_ratio: share of patches removed per image in training. A schedule overrides
+            :meth:`train_mask_ratio`, which reads it.
+        eval_mask_ratio: share of patches removed in validation, test and the reconstruction pictures; fixed,
+            so that ``val/loss`` compares across epochs and runs. None: ``mask_ratio``.
         base_lr: learning rate per 256 images of effective batch
             (``lr = base_lr * batch_size * devices * nodes * accumulate_grad_batches / 256``).
         lr: absolute peak learning rate; overrides ``base_lr`` when set.
@@ -59,6 +63,7 @@ class MAEPretraining(LightningModule):
         self,
         model: MaskedAutoencoder,
         mask_ratio: float = 0.75,
+        eval_mask_ratio: float | None = None,
         base_lr: float = 1.5e-4,
         lr: float | None = None,
         min_lr: float = 0.0,
@@ -71,13 +76,16 @@ class MAEPretraining(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_mask_ratio(mask_ratio, model.num_patches)
-        # A strategy that cannot hide this share on this grid (GridMasking) says so now, not at the first step.
-        model.fixed_noise(torch.zeros(1, dtype=torch.long), mask_ratio, seed=0)
+        fixed_ratio = mask_ratio if eval_mask_ratio is None else eval_mask_ratio
+        for ratio in dict.fromkeys((mask_ratio, fixed_ratio)):
+            check_mask_ratio(ratio, model.num_patches)
+            # A strategy that cannot hide this share on this grid (GridMasking) says so now, not at the first step.
+            model.fixed_noise(torch.zeros(1, dtype=torch.long), ratio, seed=0)
         check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
         save_module_hparams(self, model)
         self.model = model
         self.mask_ratio = mask_ratio
+        self.eval_mask_ratio = fixed_ratio
         self.base_lr = base_lr
         self.lr = lr
         self.min_lr = min_lr
@@ -100,8 +108,8 @@ class MAEPretraining(LightningModule):
         self._last_log_time = 0.0
 
     def forward(self, imgs: Tensor, mask_ratio: float | None = None, noise: Tensor | None = None):
-        """Delegates to the model: returns (loss, pred, mask)."""
-        return self.model(imgs, self.mask_ratio if mask_ratio is None else mask_ratio, noise)
+        """Delegates to the model: returns (loss, pred, mask); ``eval_mask_ratio`` unless ``mask_ratio`` is given."""
+        return self.model(imgs, self.eval_mask_ratio if mask_ratio is None else mask_ratio, noise)
 
     # ------------------------------------------------------------------ weights and compilation
     def setup(self, stage: str) -> None:
@@ -168,15 +176,26 @@ class MAEPretraining(LightningModule):
         set_scheduled_lr(self.trainer, batch_idx, self.peak_lr, self.min_lr, self.warmup_epochs)
 
     # ------------------------------------------------------------------ steps
+    def train_mask_ratio(self) -> float:
+        """The share of patches hidden in this training step: ``mask_ratio``.
+
+        Called once per training step; a schedule overrides it (reading ``self.trainer.global_step``, say).
+        Validation, test and the pictures use ``eval_mask_ratio`` whatever it returns. Under ``compile`` each new
+        value compiles ``forward_train`` again, so a compiled schedule should take few distinct values.
+        """
+        return self.mask_ratio
+
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         imgs = batch[0]
         forward_train = getattr(self, "_forward_train", self.model.forward_train)
-        loss, latent = forward_train(imgs, self.mask_ratio)
+        loss, latent, terms = forward_train(imgs, self.train_mask_ratio())
         # Per step: this process's loss (no synchronisation on the hot path). Per epoch: the mean over
         # every process, reduced once at the end of the epoch.
         self.log("train/loss_step", loss, on_step=True, on_epoch=False)
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
         self._images_since_log += imgs.shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         # The encoded visible tokens go to the callbacks (the online probe of KNNMonitor) at no extra cost.
         return {"loss": loss, "latent": latent.detach()}
 
@@ -199,19 +218,15 @@ class MAEPretraining(LightningModule):
         self._eval_samples_seen = 0
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, latent = self._fixed_mask_loss(batch[0])
-        self.log("val/loss", loss, sync_dist=True, prog_bar=True, batch_size=batch[0].shape[0])
-        return {"loss": loss, "latent": latent}
+        return self._fixed_mask_step(batch[0], "val")
 
     def test_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, latent = self._fixed_mask_loss(batch[0])
-        self.log("test/loss", loss, sync_dist=True, batch_size=batch[0].shape[0])
-        return {"loss": loss, "latent": latent}
+        return self._fixed_mask_step(batch[0], "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Unmasked image embeddings (cls token and mean of the patch tokens) with the targets."""
         tokens = self.forward_features(batch[0])
-        return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(dim=1), "target": batch[1]}
+        return {pool: pool_tokens(tokens, pool) for pool in POOLS} | {"target": batch[1]}
 
     def forward_features(self, imgs: Tensor) -> Tensor:
         """The encoder on every patch, no masking: imgs (N, C, H, W) -> tokens (N, 1 + L, D).
@@ -221,7 +236,8 @@ class MAEPretraining(LightningModule):
         """
         return self.model.forward_features(imgs)
 
-    def _fixed_mask_loss(self, imgs: Tensor) -> tuple[Tensor, Tensor]:
+    def _fixed_mask_step(self, imgs: Tensor, split: str) -> dict[str, Tensor]:
+        """The loss of ``imgs`` on fixed masks at ``eval_mask_ratio``, logged as ``<split>/loss`` with its terms."""
         # The same masks every epoch and for any batch size or process count, so the loss measures the
         # model and not the draw. The evaluation loaders do not shuffle, and with N processes Lightning's
         # DistributedSampler deals the samples round-robin: the k-th sample of rank r is number k * N + r.
@@ -230,5 +246,9 @@ class MAEPretraining(LightningModule):
         positions = torch.arange(self._eval_samples_seen, self._eval_samples_seen + imgs.shape[0]) * world + rank
         self._eval_samples_seen += imgs.shape[0]
         # The model's own masking strategy draws them, one generator per sample (see MaskedAutoencoder.fixed_noise).
-        noise = self.model.fixed_noise(positions, self.mask_ratio, self.val_mask_seed, imgs.device)
-        return self.model.forward_train(imgs, self.mask_ratio, noise)
+        noise = self.model.fixed_noise(positions, self.eval_mask_ratio, self.val_mask_seed, imgs.device)
+        loss, latent, terms = self.model.forward_train(imgs, self.eval_mask_ratio, noise)
+        for name, value in {"loss": loss, **terms}.items():
+            shown = split == "val" and name == "loss"
+            self.log(f"{split}/{name}", value, sync_dist=True, prog_bar=shown, batch_size=imgs.shape[0])
+        return {"loss": loss, "latent": latent}

@@ -21,6 +21,7 @@ from mae_lightning.models import MaskedAutoencoder
 from mae_lightning.models.vit import CrossAttention, CrossAttentionBlock
 from mae_lightning.ops import gather_tokens
 from tests.test_model import TINY as MODEL_TINY
+from tests.test_model import official_target
 
 TINY = {**MODEL_TINY, "decoder_depth": 2}  # two decoder blocks: the cross decoder stacks them
 NUM_PATCHES, NUM_REMOVED = 16, 12  # TINY's patches, and those that mask_ratio 0.75 removes
@@ -77,7 +78,7 @@ def reference_forward_train(model, imgs, mask_ratio, noise=None):
     latent = model._encode_visible(imgs, ids_shuffle[:, :len_keep])
     ids_removed = ids_shuffle[:, len_keep:]
     pred = model.decoder_pred(gather_tokens(reference_decode(model, latent, ids_restore), ids_removed))
-    target = model._target(gather_tokens(model.patchify(imgs), ids_removed))
+    target = official_target(model, gather_tokens(model.patchify(imgs), ids_removed))
     return model.patch_loss(pred, target).mean(), latent
 
 
@@ -106,6 +107,9 @@ def test_keep_ratio_one_is_the_papers_decoder_bit_for_bit(path, masking, norm_pi
     reference = reference_forward_train if path == "forward_train" else reference_forward
     expected, expected_grads = _run_and_grads(lambda *a: reference(model, *a), model, imgs, seed=1)
     actual, actual_grads = _run_and_grads(getattr(model, path), model, imgs, seed=1)
+    if path == "forward_train":
+        assert actual.terms == {}
+        actual = (actual.loss, actual.latent)
     for got, want in zip(actual, expected, strict=True):
         assert torch.equal(got, want)
     assert actual_grads.keys() == expected_grads.keys()
@@ -147,7 +151,7 @@ def test_training_scores_only_the_chosen_removed_patches(masking, decoder):
     imgs = torch.randn(4, 3, 16, 16)
     noise, _, ids_removed = _fixed_masks(model, 4)
     torch.manual_seed(7)
-    loss, _ = model.forward_train(imgs, 0.75, noise)
+    loss = model.forward_train(imgs, 0.75, noise).loss
     torch.manual_seed(7)
     chosen = model.scored_patches(ids_removed)  # the same draw of the global generator
 
@@ -199,7 +203,7 @@ def test_the_subset_follows_the_global_seed():
     losses = []
     for _ in range(2):
         torch.manual_seed(11)
-        losses.append(model.forward_train(imgs, 0.75)[0])
+        losses.append(model.forward_train(imgs, 0.75).loss)
     assert torch.equal(*losses)
 
 
@@ -221,9 +225,9 @@ def test_evaluation_and_forward_reconstruct_every_removed_patch(decoder):
     imgs = torch.randn(4, 3, 16, 16)
     noise, _, _ = _fixed_masks(partial, 4)
 
-    loss, _ = partial.eval().forward_train(imgs, 0.75, noise)
+    loss = partial.eval().forward_train(imgs, 0.75, noise).loss
     assert partial.scored[0].shape == (4, NUM_REMOVED, 4 * 4 * 3)
-    assert torch.equal(loss, full.eval().forward_train(imgs, 0.75, noise)[0])
+    assert torch.equal(loss, full.eval().forward_train(imgs, 0.75, noise).loss)
     for model in (partial.train(), partial.eval()):
         _, pred, mask = model(imgs, 0.75, noise)
         assert pred.shape == (4, NUM_PATCHES, 4 * 4 * 3)
@@ -278,7 +282,7 @@ def test_cross_decoder_leaves_the_encoder_and_the_shared_keys_as_they_are():
 def test_cross_decoder_gradients_reach_every_parameter_that_learns(keep_ratio):
     torch.manual_seed(0)
     model = tiny(decoder="cross", decoder_keep_ratio=keep_ratio).train()
-    loss, _ = model.forward_train(torch.randn(4, 3, 16, 16), 0.75)
+    loss = model.forward_train(torch.randn(4, 3, 16, 16), 0.75).loss
     loss.backward()
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -308,14 +312,14 @@ def test_cheaper_decoders_overfit_one_batch(decoder, keep_ratio):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(50):
-        loss, _ = model.forward_train(imgs, 0.75, noise)
+        loss = model.forward_train(imgs, 0.75, noise).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
     model.eval()  # every removed patch, as validation scores them
-    assert model.forward_train(imgs, 0.75, noise)[0].item() < 0.5 * losses[0]
+    assert model.forward_train(imgs, 0.75, noise).loss.item() < 0.5 * losses[0]
 
 
 # ---------------------------------------------------------------------------- cost

@@ -14,8 +14,8 @@ import torch
 from mae_lightning import BlockMasking, GridMasking, MAEPretraining, MaskedAutoencoder, RandomMasking
 from mae_lightning.callbacks.reconstruction import fixed_mask_noise
 from mae_lightning.cli import main
-from mae_lightning.masking import mask_from_scores, sample_generator
-from mae_lightning.ops import masking_order, num_kept
+from mae_lightning.masking import mask_from_scores, masking_order, num_kept, sample_generator
+from mae_lightning.ops import gather_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
@@ -61,11 +61,11 @@ def test_training_masks_and_loss_are_bit_identical_to_uniform_noise(masking):
     model = MaskedAutoencoder(img_size=(16, 24), masking=masking, **TINY)
     imgs = torch.randn(4, 1, 16, 24)
     torch.manual_seed(1)
-    loss, latent = model.forward_train(imgs, 0.75)
+    loss, latent, _ = model.forward_train(imgs, 0.75)
     _, _, mask = model(imgs, 0.75)  # the next draw
     torch.manual_seed(1)
     noise = torch.rand(4, 24)
-    expected_loss, expected_latent = model.forward_train(imgs, 0.75, noise)
+    expected_loss, expected_latent, _ = model.forward_train(imgs, 0.75, noise)
     expected_mask = masking_order(torch.rand(4, 24), num_kept(24, 0.75))[2]
     assert torch.equal(loss, expected_loss) and torch.equal(latent, expected_latent)
     assert torch.equal(mask, expected_mask)
@@ -79,6 +79,77 @@ def test_fixed_random_noise_is_the_per_sample_draw_of_earlier_runs():
         state = np.random.SeedSequence([7, sample_id]).generate_state(2, dtype=np.uint32)
         rows.append(torch.rand(24, generator=torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))))
     assert torch.equal(RandomMasking().fixed_scores(ids, (4, 6), 0.75, seed=7), torch.stack(rows))
+
+
+# ---------------------------------------------------------------------------- the official random_masking
+def official_random_masking(x, mask_ratio, noise):
+    """facebookresearch/mae models_mae.py random_masking, with the noise passed in."""
+    N, L, D = x.shape
+    len_keep = int(L * (1 - mask_ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
+    mask = torch.ones([N, L], device=x.device)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, dim=1, index=ids_restore)
+    return x_masked, mask, ids_restore
+
+
+def our_random_masking(x, mask_ratio, noise=None):
+    """The official ``random_masking`` on tokens, by the model's one path: RandomMasking scores, mask_from_scores.
+
+    x: (N, L, D) -> kept (N, L_keep, D), mask (N, L) in x's dtype, ids_restore (N, L).
+    """
+    n, length, _ = x.shape
+    if noise is None:
+        noise = RandomMasking().scores(n, (1, length), mask_ratio, x.device)
+    ids_shuffle, ids_restore, mask, len_keep = mask_from_scores(noise, mask_ratio, (n, length))
+    return gather_tokens(x, ids_shuffle[:, :len_keep]), mask.to(x.dtype), ids_restore
+
+
+@pytest.mark.parametrize("length,ratio", [(64, 0.75), (49, 0.75), (196, 0.75), (10, 0.5), (7, 0.9)])
+def test_random_masking_equals_official(length, ratio):
+    x = torch.randn(3, length, 8)
+    noise = torch.rand(3, length)
+    ours = our_random_masking(x, ratio, noise)
+    official = official_random_masking(x, ratio, noise)
+    for a, b in zip(ours, official, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_masking_keeps_int_of_l_times_one_minus_ratio():
+    for length, ratio, expected in [(196, 0.75, 49), (64, 0.75, 16), (49, 0.75, 12), (10, 0.33, 6)]:
+        assert num_kept(length, ratio) == expected
+        kept, mask, _ = our_random_masking(torch.randn(2, length, 4), ratio)
+        assert kept.shape == (2, expected, 4)
+        assert torch.equal(mask.sum(dim=1), torch.full((2,), float(length - expected)))
+
+
+def test_masking_differs_per_sample_and_keeps_smallest_noise():
+    torch.manual_seed(0)
+    x = torch.arange(16.0).reshape(1, 16, 1).expand(8, 16, 1).contiguous()
+    kept, mask, _ = our_random_masking(x, 0.75)
+    assert len({tuple(row.tolist()) for row in mask}) > 1, "every sample got the same mask"
+
+    noise = torch.rand(8, 16)
+    kept, mask, _ = our_random_masking(x, 0.75, noise)
+    smallest = torch.argsort(noise, dim=1)[:, :4]
+    assert torch.equal(kept[..., 0].long(), smallest)
+    assert torch.equal(mask, (noise > noise.sort(dim=1).values[:, 3:4]).float())
+
+
+def test_ids_restore_inverts_the_shuffle():
+    x = torch.randn(4, 20, 3)
+    noise = torch.rand(4, 20)
+    _, _, ids_restore = our_random_masking(x, 0.5, noise)
+    shuffled = torch.gather(x, 1, torch.argsort(noise, 1).unsqueeze(-1).expand(-1, -1, 3))
+    assert torch.equal(torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, 3)), x)
+
+
+def test_masking_rejects_noise_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"noise must have shape \(N, L\) = \(2, 8\)"):
+        our_random_masking(torch.randn(2, 8, 4), 0.5, torch.rand(2, 7))
 
 
 # ---------------------------------------------------------------------------- every strategy: exact counts
@@ -264,7 +335,7 @@ def test_any_strategy_runs_through_both_forward_paths(strategy):
     assert torch.equal(mask.sum(dim=1), torch.full((6,), 18.0))
     noise = model.fixed_noise(torch.arange(6), 0.75, seed=0)
     loss, _, _ = model(imgs, 0.75, noise)
-    fast, latent = model.forward_train(imgs, 0.75, noise)
+    fast, latent, _ = model.forward_train(imgs, 0.75, noise)
     torch.testing.assert_close(fast, loss)
     assert latent.shape == (6, 1 + 6, 32)
 

@@ -1,10 +1,10 @@
-"""Exact tests of the tensor operations against the official MAE formulas."""
+"""Exact tests of the shape primitives against the official MAE formulas."""
 
 import numpy as np
 import pytest
 import torch
 
-from mae_lightning.ops import grid_size, num_kept, patchify, random_masking, sincos_2d, unpatchify
+from mae_lightning.ops import grid_size, patchify, pool_tokens, sincos_2d, unpatchify
 
 
 # ---------------------------------------------------------------------------- patches
@@ -54,63 +54,13 @@ def test_unpatchify_rejects_wrong_shapes():
         unpatchify(torch.zeros(1, 4, 48), 4, (2, 3), 3)
 
 
-# ---------------------------------------------------------------------------- masking
-def official_random_masking(x, mask_ratio, noise):
-    """facebookresearch/mae models_mae.py random_masking, with the noise passed in."""
-    N, L, D = x.shape
-    len_keep = int(L * (1 - mask_ratio))
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
-    mask = torch.ones([N, L], device=x.device)
-    mask[:, :len_keep] = 0
-    mask = torch.gather(mask, dim=1, index=ids_restore)
-    return x_masked, mask, ids_restore
-
-
-@pytest.mark.parametrize("length,ratio", [(64, 0.75), (49, 0.75), (196, 0.75), (10, 0.5), (7, 0.9)])
-def test_random_masking_equals_official(length, ratio):
-    x = torch.randn(3, length, 8)
-    noise = torch.rand(3, length)
-    ours = random_masking(x, ratio, noise)
-    official = official_random_masking(x, ratio, noise)
-    for a, b in zip(ours, official, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_masking_keeps_int_of_l_times_one_minus_ratio():
-    for length, ratio, expected in [(196, 0.75, 49), (64, 0.75, 16), (49, 0.75, 12), (10, 0.33, 6)]:
-        assert num_kept(length, ratio) == expected
-        kept, mask, _ = random_masking(torch.randn(2, length, 4), ratio)
-        assert kept.shape == (2, expected, 4)
-        assert torch.equal(mask.sum(dim=1), torch.full((2,), float(length - expected)))
-
-
-def test_masking_differs_per_sample_and_keeps_smallest_noise():
-    torch.manual_seed(0)
-    x = torch.arange(16.0).reshape(1, 16, 1).expand(8, 16, 1).contiguous()
-    kept, mask, _ = random_masking(x, 0.75)
-    assert len({tuple(row.tolist()) for row in mask}) > 1, "every sample got the same mask"
-
-    noise = torch.rand(8, 16)
-    kept, mask, _ = random_masking(x, 0.75, noise)
-    smallest = torch.argsort(noise, dim=1)[:, :4]
-    assert torch.equal(kept[..., 0].long(), smallest)
-    assert torch.equal(mask, (noise > noise.sort(dim=1).values[:, 3:4]).float())
-
-
-def test_ids_restore_inverts_the_shuffle():
-    x = torch.randn(4, 20, 3)
-    noise = torch.rand(4, 20)
-    _, _, ids_restore = random_masking(x, 0.5, noise)
-    shuffled = torch.gather(x, 1, torch.argsort(noise, 1).unsqueeze(-1).expand(-1, -1, 3))
-    assert torch.equal(torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, 3)), x)
-
-
-def test_masking_rejects_noise_of_the_wrong_shape():
-    with pytest.raises(ValueError, match=r"noise must have shape \(N, L\) = \(2, 8\)"):
-        random_masking(torch.randn(2, 8, 4), 0.5, torch.rand(2, 7))
+# ---------------------------------------------------------------------------- pooling
+def test_pool_tokens_takes_the_cls_token_or_the_mean_of_the_others():
+    tokens = torch.randn(2, 5, 3)
+    assert torch.equal(pool_tokens(tokens, "cls"), tokens[:, 0])
+    torch.testing.assert_close(pool_tokens(tokens, "mean"), tokens[:, 1:].sum(dim=1) / 4)
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean', got 'max'"):
+        pool_tokens(tokens, "max")
 
 
 # ---------------------------------------------------------------------------- sin-cos tables

@@ -48,7 +48,7 @@ def test_custom_masking_strategy_trains_validates_and_draws(tmp_path, monkeypatc
     # The centre patches are hidden and the outer ring is visible, in training and in the fixed masks.
     import torch
 
-    from mae_lightning.ops import masking_order, num_kept
+    from mae_lightning.masking import masking_order, num_kept
 
     grid = cli.model.model.grid_size
     keep = num_kept(grid[0] * grid[1], cli.model.mask_ratio)

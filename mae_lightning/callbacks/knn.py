@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from mae_lightning.ops import POOLS, pool_tokens
 from mae_lightning.runtime.strategy_forward import forward_through_strategy
 
 
@@ -64,11 +65,6 @@ def knn_scores(
     return torch.cat(out)
 
 
-def pool_tokens(tokens: Tensor, pool: str) -> Tensor:
-    """(N, 1 + T, D) encoder tokens -> (N, D): the cls token or the mean of the others."""
-    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
-
-
 class KNNMonitor(Callback):
     """kNN top-1 and an online linear classifier on frozen encoder features, logged every validation epoch.
 
@@ -112,7 +108,7 @@ class KNNMonitor(Callback):
                 f"k, temperature, online_lr and every_n_epochs must be positive, got {k}, {temperature}, "
                 f"{online_lr}, {every_n_epochs}"
             )
-        if pool not in ("cls", "mean"):
+        if pool not in POOLS:
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.num_classes = num_classes
         self.k = k

@@ -17,6 +17,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.utils import make_grid
 
 from mae_lightning.models.mae import MaskedAutoencoder
+from mae_lightning.ops import unpatchify
 from mae_lightning.runtime.strategy_forward import forward_through_strategy
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
@@ -54,9 +55,9 @@ def reconstruction_panels(
 ) -> dict[str, Tensor]:
     """Original, masked, reconstructed and pasted images in pixel space (0..1), and the pixel mask.
 
-    With ``norm_pix_loss`` the model predicts every patch normalised by its own mean and variance;
-    the prediction is mapped back with the *target* patch's statistics, as the official demo does
-    (so the colour level of a hidden patch comes from the real image, not from the model).
+    The predictions are mapped back to images by the model's own
+    :meth:`~mae_lightning.models.mae.MaskedAutoencoder.prediction_to_pixels`, the inverse of what it regresses
+    (with ``norm_pix_loss``: each patch un-normalised with the real patch's mean and variance).
 
     Args:
         model: the masked autoencoder.
@@ -73,12 +74,10 @@ def reconstruction_panels(
         ``mask``: (N, 1, H, W), 1 on hidden pixels.
     """
     _, pred, mask = (forward or model)(imgs, mask_ratio, noise)
-    pred = pred.float()
-    if model.norm_pix_loss:
-        target = model.patchify(imgs.float())
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
-    reconstruction = model.unpatchify(pred)
-    pixel_mask = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]).float())[:, :1]
+    reconstruction = model.prediction_to_pixels(pred.float(), imgs.float())
+    # Drawn as a one-channel image of the patch grid: the target's width need not be a patch's pixels.
+    mask_patches = mask.unsqueeze(-1).expand(-1, -1, model.patch_size**2).float()
+    pixel_mask = unpatchify(mask_patches, model.patch_size, model.grid_size, 1)
     pasted = imgs * (1 - pixel_mask) + reconstruction * pixel_mask
 
     def to_pixels(x: Tensor) -> Tensor:
@@ -259,15 +258,16 @@ class ReconstructionCallback(Callback):
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule, imgs: Tensor):
         model = pl_module.model
-        noise = fixed_mask_noise(model, imgs.shape[0], pl_module.mask_ratio, self.mask_seed, imgs.device)
+        mask_ratio = pl_module.eval_mask_ratio
+        noise = fixed_mask_noise(model, imgs.shape[0], mask_ratio, self.mask_seed, imgs.device)
         datamodule = getattr(trainer, "datamodule", None)
         mean, std = picture_statistics(datamodule)
 
         def forward(*args):
             return forward_through_strategy(trainer, pl_module, "forward", *args)
 
-        panels = reconstruction_panels(model, imgs, pl_module.mask_ratio, noise, mean, std, forward)
-        caption = " | ".join(COLUMNS) + f"; {int(round(pl_module.mask_ratio * 100))}% of the patches hidden"
+        panels = reconstruction_panels(model, imgs, mask_ratio, noise, mean, std, forward)
+        caption = " | ".join(COLUMNS) + f"; {int(round(mask_ratio * 100))}% of the patches hidden"
         if model.norm_pix_loss:
             caption += "; predictions un-normalised with each target patch's mean and variance (norm_pix_loss)"
         return panels, caption

@@ -4,8 +4,9 @@ A drop-in for facebookresearch/mae's ``MaskedAutoencoderViT``: the same construc
 the same ``state_dict`` keys (an official ``*_full.pth`` loads with ``strict=True``), the same
 initialisation and the same ``forward(imgs, mask_ratio) -> (loss, pred, mask)``. Generalised to
 any channel count and to non-square images. Which patches are hidden is a separate choice
-(``masking``, see ``masking.py``); ``noise`` fixes the masking when given. What is scored per hidden
-patch is :meth:`MaskedAutoencoder.patch_loss`, the one place the loss is defined.
+(``masking``, see ``masking.py``); ``noise`` fixes the masking when given. What is regressed is
+:meth:`MaskedAutoencoder.target`, how a hidden patch is scored :meth:`MaskedAutoencoder.patch_loss`,
+and a step's further terms :meth:`MaskedAutoencoder.extra_terms`: one place each, that every path calls.
 
 Two settings make pretraining cheaper, both from CrossMAE (Fu et al., 2024), both in :meth:`MaskedAutoencoder._decode`,
 the one decoder of every path: ``decoder_keep_ratio`` (partial reconstruction: a training step decodes and scores
@@ -15,14 +16,29 @@ tokens instead of joining them in self-attention). The defaults are the paper's 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores
+from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores, num_kept
 from mae_lightning.models.vit import Block, CrossAttentionBlock, LayerNorm, PatchEmbed
-from mae_lightning.ops import gather_tokens, inverse_permutation, num_kept, patchify, sincos_2d, unpatchify
+from mae_lightning.ops import gather_tokens, inverse_permutation, patchify, pool_tokens, sincos_2d, unpatchify
+
+
+class StepOutput(NamedTuple):
+    """What :meth:`MaskedAutoencoder.forward_train` returns.
+
+    Attributes:
+        loss: the scalar to optimise: the reconstruction loss, plus every term of ``terms`` named ``*_loss``.
+        latent: (N, 1 + L_keep, D) the encoded cls and visible tokens.
+        terms: the named scalars of :meth:`MaskedAutoencoder.extra_terms` (none by default), each logged by
+            the pretraining module as ``train/<name>``, ``val/<name>`` or ``test/<name>``.
+    """
+
+    loss: Tensor
+    latent: Tensor
+    terms: dict[str, Tensor]
 
 
 class MaskedAutoencoder(nn.Module):
@@ -114,7 +130,7 @@ class MaskedAutoencoder(nn.Module):
             [block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
         )
         self.decoder_norm = LayerNorm(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, self.target_dim)
 
         self.initialize_weights()
 
@@ -163,17 +179,49 @@ class MaskedAutoencoder(nn.Module):
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
         """Predict every patch's pixels (the cross decoder queries the visible patches too).
 
-        latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, p*p*C).
+        latent: (N, 1 + L_keep, D), ids_restore: (N, L) -> pred (N, L, target_dim).
         """
         ids_shuffle = inverse_permutation(ids_restore)
         len_keep = latent.shape[1] - 1
         decoded = self._decode(latent, ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:], every_patch=True)
         return self.decoder_pred(decoded)
 
-    def patch_loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """The loss of each predicted patch: mean squared error over its pixels.
+    # ------------------------------------------------------------------ what is regressed, and how it is scored
+    @property
+    def target_dim(self) -> int:
+        """Values regressed per patch (p*p*C pixels), the width of ``decoder_pred``; follows :meth:`target`."""
+        return self.patch_size * self.patch_size * self.in_chans
 
-        pred, target: (..., p*p*C) -> (...). Every path (forward, forward_train, validation) scores
+    def target(self, imgs: Tensor) -> Tensor:
+        """What the decoder regresses: imgs (N, C, H, W) -> (N, L, target_dim).
+
+        The pixels of every patch, normalised by the patch's own mean and variance with ``norm_pix_loss`` (the
+        official target). Every path scores against it: :meth:`forward`, :meth:`forward_train`, validation. A
+        subclass that regresses something else overrides it with :attr:`target_dim` (which sizes the pixel head)
+        and :meth:`prediction_to_pixels` (which draws the predictions in the reconstruction pictures).
+        """
+        patches = self.patchify(imgs)
+        if not self.norm_pix_loss:
+            return patches
+        mean, std = _patch_statistics(patches)
+        return (patches - mean) / std
+
+    def prediction_to_pixels(self, pred: Tensor, imgs: Tensor) -> Tensor:
+        """Predictions back in image space, the inverse of :meth:`target`: pred (N, L, target_dim) -> (N, C, H, W).
+
+        With ``norm_pix_loss`` every predicted patch is un-normalised with the mean and variance of the real patch
+        of ``imgs`` (N, C, H, W), as the official demo does: the colour level of a hidden patch comes from the
+        image, its detail from the model.
+        """
+        if self.norm_pix_loss:
+            mean, std = _patch_statistics(self.patchify(imgs))
+            pred = pred * std + mean
+        return self.unpatchify(pred)
+
+    def patch_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The loss of each predicted patch: mean squared error over its values.
+
+        pred, target: (..., target_dim) -> (...). Every path (forward, forward_train, validation) scores
         patches with this method, so a subclass that overrides it changes the training loss.
         """
         return ((pred - target) ** 2).mean(dim=-1)
@@ -181,9 +229,9 @@ class MaskedAutoencoder(nn.Module):
     def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """:meth:`patch_loss` averaged over the removed patches only.
 
-        imgs: (N, C, H, W), pred: (N, L, p*p*C), mask: (N, L) with 1 = removed -> scalar loss.
+        imgs: (N, C, H, W), pred: (N, L, target_dim), mask: (N, L) with 1 = removed -> scalar loss.
         """
-        loss = self.patch_loss(pred, self._target(self.patchify(imgs)))
+        loss = self.patch_loss(pred, self.target(imgs))
         return (loss * mask).sum() / mask.sum()
 
     def forward(
@@ -199,7 +247,7 @@ class MaskedAutoencoder(nn.Module):
 
         Returns:
             loss: scalar, :meth:`patch_loss` averaged over the removed patches.
-            pred: (N, L, p*p*C) predicted patches (normalised per patch when ``norm_pix_loss``).
+            pred: (N, L, target_dim) predicted patches, in the units of :meth:`target`.
             mask: (N, L), 1 on removed patches.
         """
         check_mask_ratio(mask_ratio, self.num_patches)
@@ -208,17 +256,15 @@ class MaskedAutoencoder(nn.Module):
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
 
-    def forward_train(
-        self, imgs: Tensor, mask_ratio: float = 0.75, noise: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The loss of :meth:`forward` with less work, and the encoded visible tokens.
+    def forward_train(self, imgs: Tensor, mask_ratio: float = 0.75, noise: Tensor | None = None) -> StepOutput:
+        """The loss of :meth:`forward` with less work, the encoded visible tokens and a subclass's extra terms.
 
         The pixel head and the loss run on the removed patches only: every sample removes the same
         number of patches, so the mean over the removed patches of the batch equals the official
         masked average, and the predictions of visible patches, which the loss ignores, are never
         computed. In training mode with ``decoder_keep_ratio`` < 1 the decoder sees and scores only the
         subset of :meth:`scored_patches` (partial reconstruction); in eval mode every removed patch.
-        imgs: (N, C, H, W) -> loss (scalar), latent (N, 1 + L_keep, D).
+        imgs: (N, C, H, W) -> :class:`StepOutput` (loss (scalar), latent (N, 1 + L_keep, D), terms).
         """
         check_mask_ratio(mask_ratio, self.num_patches)
         ids_shuffle, _, _, len_keep = self._masking(imgs, mask_ratio, noise)
@@ -226,8 +272,26 @@ class MaskedAutoencoder(nn.Module):
         latent = self._encode_visible(imgs, ids_keep)
         ids_scored = self.scored_patches(ids_removed) if self.training else ids_removed
         pred = self.decoder_pred(self._decode(latent, ids_keep, ids_scored))
-        target = self._target(gather_tokens(self.patchify(imgs), ids_scored))
-        return self.patch_loss(pred, target).mean(), latent
+        # The target is per patch, so gathering after it is the same as before it, bit for bit.
+        loss = self.patch_loss(pred, gather_tokens(self.target(imgs), ids_scored)).mean()
+        terms = self.extra_terms(imgs, latent, ids_shuffle)
+        added = [value for name, value in terms.items() if name.endswith("_loss")]
+        return StepOutput(loss + sum(added) if added else loss, latent, terms)
+
+    def extra_terms(self, imgs: Tensor, latent: Tensor, ids_shuffle: Tensor) -> dict[str, Tensor]:
+        """Named scalars that a subclass adds to every :meth:`forward_train` step; none here.
+
+        Called after the reconstruction loss with what the step computed. A term named ``*_loss`` is added to the
+        loss that is optimised; every term is logged (``train/<name>``, ``val/<name>``). A metric that needs no
+        gradient is cheaper computed under ``torch.no_grad()``.
+
+        Args:
+            imgs: (N, C, H, W) the batch.
+            latent: (N, 1 + K, D) the encoded cls token and K visible patches.
+            ids_shuffle: (N, L) the patches in masking order, the K visible ones first (its
+                :func:`~mae_lightning.ops.inverse_permutation` is the ``ids_restore`` of :meth:`forward_decoder`).
+        """
+        return {}
 
     def num_scored(self, num_removed: int) -> int:
         """How many of ``num_removed`` patches a training step decodes and scores: at least one."""
@@ -311,14 +375,6 @@ class MaskedAutoencoder(nn.Module):
             return x
         return gather_tokens(x, inverse_permutation(order)[:, ids_keep.shape[1] :])
 
-    def _target(self, patches: Tensor) -> Tensor:
-        """Pixels to regress: patches (..., p*p*C), normalised per patch when ``norm_pix_loss``."""
-        if not self.norm_pix_loss:
-            return patches
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, keepdim=True)  # unbiased, as the official code
-        return (patches - mean) / (var + 1.0e-6) ** 0.5
-
     # ------------------------------------------------------------------ embeddings
     def forward_features(self, imgs: Tensor) -> Tensor:
         """Encode every patch, no masking: imgs (N, C, H, W) -> (N, 1 + L, D) after the final norm."""
@@ -332,12 +388,7 @@ class MaskedAutoencoder(nn.Module):
             imgs: images.
             pool: ``"cls"`` for the cls token, ``"mean"`` for the mean of the patch tokens.
         """
-        tokens = self.forward_features(imgs)
-        if pool == "cls":
-            return tokens[:, 0]
-        if pool == "mean":
-            return tokens[:, 1:].mean(dim=1)
-        raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        return pool_tokens(self.forward_features(imgs), pool)
 
 
 def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
@@ -346,6 +397,13 @@ def check_mask_ratio(mask_ratio: float, num_patches: int) -> None:
         raise ValueError(f"mask_ratio must be in the open interval (0, 1), got {mask_ratio}")
     if num_kept(num_patches, mask_ratio) < 1:
         raise ValueError(f"mask_ratio={mask_ratio} keeps no patch visible out of {num_patches}: lower it")
+
+
+def _patch_statistics(patches: Tensor) -> tuple[Tensor, Tensor]:
+    """The official per-patch normalisation: patches (..., D) -> mean and std (..., 1), unbiased var + 1e-6."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)  # unbiased, as the official code
+    return mean, (var + 1.0e-6) ** 0.5
 
 
 def _init_linear_and_norm(module: nn.Module) -> None:
