@@ -3,20 +3,33 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from mae_lightning import DigitsDataModule, KNNMonitor, MAEPretraining, MaskedAutoencoder, ReconstructionCallback
 from mae_lightning.callbacks.knn import knn_scores
-from mae_lightning.callbacks.reconstruction import GRID_PADDING, HEADER_HEIGHT, MASK_GRAY, MIN_CELL, fixed_mask_noise
+from mae_lightning.callbacks.reconstruction import (
+    GRID_PADDING,
+    HEADER_HEIGHT,
+    MASK_GRAY,
+    MIN_CELL,
+    fixed_mask_noise,
+    masked_region_quality,
+    picture_statistics,
+    reconstruction_panels,
+)
+from mae_lightning.ops import patchify, unpatchify
+
+SMALL = dict(
+    img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
+    decoder_depth=1, decoder_num_heads=2,
+)  # fmt: skip
 
 
 def small_model(norm_pix_loss=False):
-    return MaskedAutoencoder(
-        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-        decoder_depth=1, decoder_num_heads=2, norm_pix_loss=norm_pix_loss,
-    )  # fmt: skip
+    return MaskedAutoencoder(**SMALL, norm_pix_loss=norm_pix_loss)
 
 
 def trainer(tmp_path, callbacks, **kwargs):
@@ -174,3 +187,46 @@ def test_each_rank_draws_its_own_reproducible_stream(monkeypatch):
     assert torch.equal(streams[0], torch.rand(8))  # rank 0 (a single process) draws what it always drew
     assert not torch.equal(streams[0], streams[1]) and not torch.equal(streams[1], streams[2])
     assert torch.equal(streams[2], draws_of(2))  # a function of (seed, rank)
+
+
+class PooledTargetAutoencoder(MaskedAutoencoder):
+    """A researcher's change of target: regress the image average-pooled 2x (a quarter of the values per patch)."""
+
+    @property
+    def target_dim(self):
+        return (self.patch_size // 2) ** 2 * self.in_chans
+
+    def target(self, imgs):
+        return patchify(F.avg_pool2d(imgs, 2), self.patch_size // 2)
+
+    def prediction_to_pixels(self, pred, imgs):
+        pooled = unpatchify(pred, self.patch_size // 2, self.grid_size, self.in_chans)
+        return F.interpolate(pooled, scale_factor=2, mode="nearest")
+
+
+def test_a_model_with_another_target_trains_and_draws_through_its_own_inverse(tmp_path):
+    callback = ReconstructionCallback(num_images=3, mask_seed=7)
+    run = trainer(tmp_path, [callback])
+    torch.manual_seed(0)
+    model = PooledTargetAutoencoder(**SMALL)
+    data = DigitsDataModule(img_size=16, batch_size=16, num_workers=0)
+    run.fit(MAEPretraining(model, warmup_epochs=0), data)
+    assert model.decoder_pred.out_features == 2 * 2 * 1  # the pixel head is sized by the target
+    assert torch.isfinite(run.callback_metrics["train/loss_step"])
+
+    # Every path scores against the pooled target: the official forward and the fast training path.
+    model.eval()
+    imgs = callback._images
+    noise = fixed_mask_noise(model, 3, 0.75, seed=7)
+    loss, pred, mask = model(imgs, 0.75, noise)
+    target = model.target(imgs)
+    assert target.shape == pred.shape == (3, 16, 4)
+    torch.testing.assert_close(loss, (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum())
+    torch.testing.assert_close(model.forward_train(imgs, 0.75, noise).loss, loss)
+
+    # The pictures draw the predictions through the model's own inverse (2x2 blocks), and PSNR is measured on them.
+    panels = reconstruction_panels(model, imgs, 0.75, noise)
+    assert torch.equal(panels["reconstruction"], model.prediction_to_pixels(pred, imgs).clamp(0.0, 1.0))
+    assert torch.equal(panels["reconstruction"][..., ::2, ::2], panels["reconstruction"][..., 1::2, 1::2])
+    psnr, _ = masked_region_quality(reconstruction_panels(model, imgs, 0.75, noise, *picture_statistics(data)))
+    assert float(run.callback_metrics["val/recon_psnr_masked"]) == pytest.approx(float(psnr), rel=1e-5)

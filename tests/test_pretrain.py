@@ -6,16 +6,21 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
 
-from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder
+from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder, ReconstructionCallback
 from mae_lightning.optim import warmup_cosine_lr
 
 
-def small_model():
-    return MaskedAutoencoder(
+def small_model_kwargs():
+    return dict(
         img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
         decoder_depth=1, decoder_num_heads=2,
     )  # fmt: skip
+
+
+def small_model():
+    return MaskedAutoencoder(**small_model_kwargs())
 
 
 def digits(batch_size=16):
@@ -168,3 +173,54 @@ def test_val_loss_does_not_depend_on_the_batch_size(tmp_path):
     module.val_mask_seed = 1
     (other,) = trainer(tmp_path, limit_val_batches=4).validate(module, digits(batch_size=16), verbose=False)
     assert other["val/loss"] != pytest.approx(losses[1], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- training and evaluation mask ratios
+class RatioRecordingAutoencoder(MaskedAutoencoder):
+    """Records the mask ratio of every forward_train call, and whether it was a training one."""
+
+    def forward_train(self, imgs, mask_ratio=0.75, noise=None):
+        self.ratios.append((self.training, mask_ratio))
+        return super().forward_train(imgs, mask_ratio, noise)
+
+
+class RisingMaskRatio(MAEPretraining):
+    """A mask-ratio schedule: 0.5 at the first step, 0.1 more at every step."""
+
+    def train_mask_ratio(self):
+        return 0.5 + 0.1 * self.trainer.global_step
+
+
+def test_a_training_mask_ratio_schedule_leaves_validation_and_the_pictures_at_the_evaluation_ratio(tmp_path):
+    model = RatioRecordingAutoencoder(**small_model_kwargs())
+    model.ratios = []
+    module = RisingMaskRatio(model, mask_ratio=0.75, warmup_epochs=0)
+    callback = ReconstructionCallback(num_images=2, dirpath=str(tmp_path / "pictures"))
+    run = trainer(tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[callback], num_sanity_val_steps=0)
+    run.fit(module, digits())
+    assert [ratio for training, ratio in model.ratios if training] == pytest.approx([0.5, 0.6, 0.7])
+    assert [ratio for training, ratio in model.ratios if not training] == [0.75, 0.75]  # two validation batches
+    caption = Image.open(tmp_path / "pictures" / "epoch=0000.png").text["Description"]
+    assert "75% of the patches hidden" in caption
+
+
+def test_evaluation_mask_ratio_is_its_own_setting_and_old_checkpoints_load(tmp_path):
+    torch.manual_seed(0)
+    module = MAEPretraining(small_model(), mask_ratio=0.75, eval_mask_ratio=0.5)
+    t = trainer(tmp_path, max_epochs=1)
+    half = t.validate(module, digits(), verbose=False)[0]["val/loss"]
+    module.eval_mask_ratio = 0.75
+    assert t.validate(module, digits(), verbose=False)[0]["val/loss"] != half
+    with pytest.raises(ValueError, match="mask_ratio must be in the open interval"):
+        MAEPretraining(small_model(), eval_mask_ratio=1.0)
+
+    # A checkpoint written before the setting existed has no eval_mask_ratio: it evaluates at its mask_ratio.
+    default = MAEPretraining(small_model(), mask_ratio=0.6)
+    assert default.eval_mask_ratio == 0.6
+    t.fit(default, digits())
+    t.save_checkpoint(tmp_path / "run.ckpt")
+    checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=False)
+    del checkpoint["hyper_parameters"]["eval_mask_ratio"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = MAEPretraining.load_from_checkpoint(tmp_path / "old.ckpt", model=small_model())
+    assert (loaded.mask_ratio, loaded.eval_mask_ratio) == (0.6, 0.6)
