@@ -1,6 +1,9 @@
 """Weights out: write a trained encoder as a timm ``VisionTransformer`` state dict.
 
-    python -m mae_lightning.export --ckpt runs/.../checkpoints/last.ckpt --out vit_encoder.safetensors
+    python -m mae_lightning.export runs/.../checkpoints/last.ckpt vit_encoder.safetensors
+
+(``--help`` lists the settings; ``--include_head true`` keeps a fine-tuned classifier's head; settings may come
+from a YAML file with ``--config``, as in the main command line.)
 
 The source is a checkpoint of this project (pretraining or, with ``--prefix``, any module holding
 the encoder), an official facebookresearch/mae file or a bare state dict. The keys are already
@@ -18,7 +21,6 @@ embed_dim=..., depth=..., num_heads=..., num_classes=0)``; the command prints th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from jsonargparse import auto_cli
 from torch import Tensor
 
 from mae_lightning.checkpoint import (
@@ -88,27 +91,30 @@ def export_encoder(
     return info
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mae_lightning.export --ckpt <file> --out <file>``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m mae_lightning.export",
-        description="Export a trained MAE encoder as a timm VisionTransformer state dict.",
-    )
-    parser.add_argument("--ckpt", required=True, help="checkpoint of this project, official MAE file or state dict")
-    parser.add_argument("--out", required=True, help="output file: .safetensors, or .pth for torch.save")
-    parser.add_argument("--prefix", default=None, help="key prefix of the encoder in --ckpt (default: automatic)")
-    parser.add_argument("--include-head", action="store_true", help="also export fc_norm and head (fine-tuned)")
-    args = parser.parse_args(argv)
-    try:
-        info = export_encoder(args.ckpt, args.out, prefix=args.prefix, include_head=args.include_head)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"mae_lightning.export: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"wrote {args.out}")
+def export(ckpt: str, out: str, prefix: str | None = None, include_head: bool = False) -> None:
+    """Export a trained MAE encoder as a timm VisionTransformer state dict, and print how timm builds it.
+
+    Args:
+        ckpt: checkpoint of this project, official MAE file or state dict.
+        out: output file: .safetensors, or .pth for torch.save.
+        prefix: key prefix of the encoder in ckpt (default: automatic).
+        include_head: also export fc_norm and head (a fine-tuned classifier).
+    """
+    info = export_encoder(ckpt, out, prefix=prefix, include_head=include_head)
+    print(f"wrote {out}")
     arch = {k: v for k, v in info.items() if k != "timm_model"}
     print("timm.models.VisionTransformer(" + ", ".join(f"{k}={v!r}" for k, v in arch.items()) + ", num_classes=0)")
     if "timm_model" in info:
         print(f'or timm.create_model("{info["timm_model"]}", pretrained=False, num_classes=0, global_pool="token")')
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mae_lightning.export <checkpoint> <out>``: the command language of the main CLI (jsonargparse)."""
+    try:
+        auto_cli(export, args=argv, prog="python -m mae_lightning.export")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mae_lightning.export: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

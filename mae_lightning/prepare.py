@@ -1,6 +1,6 @@
 """Write an image folder as litdata shards, for ``StreamingDataModule``: ``python -m mae_lightning.prepare``.
 
-    python -m mae_lightning.prepare /data/imagenet /data/imagenet-shards --workers 16
+    python -m mae_lightning.prepare /data/imagenet /data/imagenet-shards --workers 16 --chunk_bytes 64MB
     aws s3 sync /data/imagenet-shards s3://my-bucket/imagenet-shards      # optional: read from object storage
 
 Each split folder (``train`` and ``val`` by default; the whole folder as ``train`` when it has no such
@@ -14,12 +14,13 @@ stored (no re-encoding), its label and its path relative to the split folder.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
 from multiprocessing import get_context
 from pathlib import Path
+
+from jsonargparse import auto_cli
 
 from mae_lightning.data.datasets import UnreadableImageError, is_image_file, load_image
 from mae_lightning.data.folders import list_folder
@@ -41,7 +42,7 @@ def check_readable(path: str) -> str | None:
         return str(err)
 
 
-def split_folders(source: Path, splits: list[str]) -> dict[str, Path]:
+def split_folders(source: Path, splits: tuple[str, ...]) -> dict[str, Path]:
     found = {split: source / split for split in splits if (source / split).is_dir()}
     return found or {"train": source}
 
@@ -69,11 +70,29 @@ def readable_samples(folder: Path, workers: int) -> tuple[list[tuple[str, int, s
 
 
 def prepare(
-    source: Path, output: Path, splits: list[str], workers: int, chunk_bytes: str, seed: int = 0
+    source: Path,
+    output: Path,
+    splits: tuple[str, ...] = ("train", "val"),
+    workers: int = os.cpu_count() or 1,
+    chunk_bytes: str = "64MB",
+    seed: int = 0,
 ) -> dict[str, dict]:
-    """Shards of each split of ``source`` under ``output/<split>``; returns the counts per split."""
+    """Write the image folder ``source`` as litdata shards under ``output/<split>``; returns the counts per split.
+
+    Args:
+        source: the image folder (ImageNet layout, or flat).
+        output: where the shards go: ``<output>/<split>/``.
+        splits: split sub-folders (the whole folder as ``train`` when it has none of them).
+        workers: processes that check and write the images (default: all cores).
+        chunk_bytes: shard size.
+        seed: seed of the order the images are written in.
+    """
     from litdata import optimize
 
+    source, output = Path(source), Path(output)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{str(source)!r} is not a folder")
+    workers = max(1, workers)
     counts = {}
     for split, folder in split_folders(source, splits).items():
         good, bad = readable_samples(folder, workers)
@@ -97,24 +116,12 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(
-        prog="python -m mae_lightning.prepare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("source", type=Path, help="the image folder (ImageNet layout, or flat)")
-    parser.add_argument("output", type=Path, help="where the shards go: <output>/<split>/")
-    parser.add_argument("--splits", nargs="+", default=["train", "val"], help="split sub-folders (default: train val)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
-    parser.add_argument("--chunk-bytes", default="64MB", help="shard size (default: 64MB)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the order the images are written in")
-    args = parser.parse_args(argv)
-    if not args.source.is_dir():
-        parser.error(f"{str(args.source)!r} is not a folder")
+    """``python -m mae_lightning.prepare <source> <output>``: the command language of the main CLI (jsonargparse)."""
     try:
-        return prepare(args.source, args.output, args.splits, max(1, args.workers), args.chunk_bytes, args.seed)
+        return auto_cli(prepare, args=argv, prog="python -m mae_lightning.prepare")
     except FileNotFoundError as err:
-        parser.error(str(err))
+        print(f"mae_lightning.prepare: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

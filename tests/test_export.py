@@ -32,7 +32,7 @@ def test_export_command_loads_into_timm_vit_tiny_patch16_224(tmp_path, capsys):
     out = tmp_path / "vit_tiny.safetensors"
 
     # The entry point of `python -m mae_lightning.export`, in-process.
-    main(["--ckpt", str(tmp_path / "mae_full.pth"), "--out", str(out)])
+    main([str(tmp_path / "mae_full.pth"), str(out)])
     assert 'timm.create_model("vit_tiny_patch16_224"' in capsys.readouterr().out
 
     state = load_exported(out)
@@ -79,7 +79,7 @@ def test_trained_checkpoint_exports_for_a_custom_timm_vit(tmp_path):
 def test_export_without_an_encoder_says_what_is_missing(tmp_path, capsys):
     torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
     with pytest.raises(SystemExit) as exit_info:
-        main(["--ckpt", str(tmp_path / "other.pth"), "--out", str(tmp_path / "x.pth")])
+        main([str(tmp_path / "other.pth"), str(tmp_path / "x.pth")])
     assert exit_info.value.code == 2
     assert "no ViT encoder found: patch_embed.proj.weight" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()

@@ -52,7 +52,7 @@ def write_folder(root: Path) -> dict[str, tuple[int, int]]:
 def shards(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]], dict]:
     base = tmp_path_factory.mktemp("shards")
     expected = write_folder(base / "folder")
-    counts = prepare_main([str(base / "folder"), str(base / "shards"), "--workers", "2", "--chunk-bytes", "4KB"])
+    counts = prepare_main([str(base / "folder"), str(base / "shards"), "--workers", "2", "--chunk_bytes", "4KB"])
     return base, expected, counts
 
 
