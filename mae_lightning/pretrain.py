@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from mae_lightning.hparams import save_module_hparams
+from mae_lightning.checkpoint import DECODER_KEYS
 from mae_lightning.models.mae import MaskedAutoencoder, check_mask_ratio
 from mae_lightning.models.weights import load_weights
 from mae_lightning.ops import POOLS, pool_tokens
-from mae_lightning.optim import (
-    check_schedule,
-    check_warmup,
-    param_groups_weight_decay,
-    parameter_shapes,
-    scaled_lr,
-    set_scheduled_lr,
-    trainer_run_length,
-)
+from mae_lightning.optim import param_groups_weight_decay
+from mae_lightning.recipe import Recipe
 
 
-class MAEPretraining(LightningModule):
+class MAEPretraining(Recipe):
     """Masked-autoencoder pretraining: AdamW, lr scaled by the effective batch, warmup + cosine.
 
     The learning rate is set before every step from the fractional epoch, as the official
@@ -75,55 +65,38 @@ class MAEPretraining(LightningModule):
         init_weights: str | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__()
         fixed_ratio = mask_ratio if eval_mask_ratio is None else eval_mask_ratio
         for ratio in dict.fromkeys((mask_ratio, fixed_ratio)):
             check_mask_ratio(ratio, model.num_patches)
             # A strategy that cannot hide this share on this grid (GridMasking) says so now, not at the first step.
             model.fixed_noise(torch.zeros(1, dtype=torch.long), ratio, seed=0)
-        check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
-        save_module_hparams(self, model)
-        self.model = model
+        super().__init__(model, base_lr, lr, min_lr, weight_decay, warmup_epochs)
         self.mask_ratio = mask_ratio
         self.eval_mask_ratio = fixed_ratio
-        self.base_lr = base_lr
-        self.lr = lr
-        self.min_lr = min_lr
-        self.weight_decay = weight_decay
         self.betas = tuple(betas)
-        self.warmup_epochs = warmup_epochs
         self.val_mask_seed = val_mask_seed
         self.fused_adamw = fused_adamw
         self.init_weights = init_weights
         self.compile_model = compile
-        # Set once the weights are in the model: by `init_weights`, or by a checkpoint being restored.
-        self._weights_initialised = False
-
-        self.effective_batch_size: int | None = None
-        self.peak_lr: float | None = None
-        self._resumed_from: dict | None = None
-        self._param_shapes: dict | None = None
         self._eval_samples_seen = 0
-        self._images_since_log = 0
-        self._last_log_time = 0.0
 
     def forward(self, imgs: Tensor, mask_ratio: float | None = None, noise: Tensor | None = None):
         """Delegates to the model: returns (loss, pred, mask); ``eval_mask_ratio`` unless ``mask_ratio`` is given."""
         return self.model(imgs, self.eval_mask_ratio if mask_ratio is None else mask_ratio, noise)
 
     # ------------------------------------------------------------------ weights and compilation
-    def setup(self, stage: str) -> None:
-        # Before the strategy wraps or shards the model; a checkpoint resumed with `ckpt_path` is
-        # restored after this and replaces these weights, as it should.
-        if stage == "fit" and self.init_weights and not self._weights_initialised:
-            report = load_weights(self.model, self.init_weights, expected_missing=["decoder*", "mask_token"])
-            # Loading an encoder-only file leaves the decoder fresh by design; anything else is worth a warning.
-            (rank_zero_info if report.clean else rank_zero_warn)(f"init_weights: {report.message()}")
-            self._weights_initialised = True
+    weights_argument = "init_weights"
+
+    def load_weights_file(self, path: str, stage: str) -> bool:
+        if stage != "fit":
+            return False
+        report = load_weights(self.model, path, expected_missing=[f"{key}*" for key in DECODER_KEYS])
+        # Loading an encoder-only file leaves the decoder fresh by design; anything else is worth a warning.
+        (rank_zero_info if report.clean else rank_zero_warn)(f"init_weights: {report.message()}")
+        return True
 
     def configure_model(self) -> None:
-        # Before any strategy wraps or shards the model: the weight-decay groups are decided from these shapes.
-        self._param_shapes = parameter_shapes(self.model)
+        super().configure_model()
         # nn.Module.compile() compiles in place, so state_dict keys keep their names (no `_orig_mod.`).
         if self.compile_model and getattr(self.model, "_compiled_call_impl", None) is None:
             self.model.compile()
@@ -137,43 +110,6 @@ class MAEPretraining(LightningModule):
         # kernel does the whole update in one pass over memory: 2-3x faster than the default
         # foreach on CPU (benchmarks/RESULTS.md), and the fastest choice on CUDA too.
         return torch.optim.AdamW(groups, lr=self.lr or self.base_lr, betas=self.betas, fused=self.fused_adamw)
-
-    def on_train_start(self) -> None:
-        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
-        if not batch_size:
-            raise ValueError("the training DataLoader must have a fixed batch_size to scale the learning rate")
-        self.effective_batch_size = batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        self.peak_lr = self.lr if self.lr is not None else scaled_lr(self.base_lr, self.effective_batch_size)
-        rank_zero_info(
-            f"Effective batch size {self.effective_batch_size} = {batch_size} per device x "
-            f"{self.trainer.world_size} processes x {self.trainer.accumulate_grad_batches} accumulated; "
-            f"peak lr {self.peak_lr:.3e}"
-        )
-        # Also into the run's record: the config (hyperparameters) and a metric at the first step.
-        numbers = {"effective_batch_size": self.effective_batch_size, "peak_lr": self.peak_lr}
-        for logger in self.trainer.loggers:
-            logger.log_hyperparams(numbers)
-            logger.log_metrics(numbers, step=self.trainer.global_step)
-        previous = self._resumed_from
-        if previous and previous.get("effective_batch_size") != self.effective_batch_size:
-            rank_zero_warn(
-                f"Resuming with effective batch size {self.effective_batch_size}, but the checkpoint was trained "
-                f"with {previous.get('effective_batch_size')}: the peak lr changes from {previous.get('peak_lr'):.3e} "
-                f"to {self.peak_lr:.3e}. Set `model.init_args.lr` to keep the old value."
-            )
-        check_warmup(self.warmup_epochs, trainer_run_length(self.trainer))
-        self._images_since_log = 0
-        self._last_log_time = time.perf_counter()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mae_lightning"] = {"effective_batch_size": self.effective_batch_size, "peak_lr": self.peak_lr}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resumed_from = checkpoint.get("mae_lightning")
-        self._weights_initialised = True
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr, self.min_lr, self.warmup_epochs)
 
     # ------------------------------------------------------------------ steps
     def train_mask_ratio(self) -> float:
@@ -189,27 +125,11 @@ class MAEPretraining(LightningModule):
         imgs = batch[0]
         forward_train = getattr(self, "_forward_train", self.model.forward_train)
         loss, latent, terms = forward_train(imgs, self.train_mask_ratio())
-        # Per step: this process's loss (no synchronisation on the hot path). Per epoch: the mean over
-        # every process, reduced once at the end of the epoch.
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=imgs.shape[0])
-        self._images_since_log += imgs.shape[0]
+        self.log_train_loss(loss, imgs.shape[0])
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         # The encoded visible tokens go to the callbacks (the online probe of KNNMonitor) at no extra cost.
         return {"loss": loss, "latent": latent.detach()}
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Host-side numbers only (python floats): no device synchronisation on the hot path.
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
-            now = time.perf_counter()
-            elapsed = now - self._last_log_time
-            if elapsed > 0:
-                rate = self._images_since_log * self.trainer.world_size / elapsed
-                self.log("train/images_per_sec", rate, on_step=True, on_epoch=False)
-            self._images_since_log = 0
-            self._last_log_time = now
 
     def on_validation_epoch_start(self) -> None:
         self._eval_samples_seen = 0
