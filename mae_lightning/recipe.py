@@ -10,14 +10,15 @@ training loss and throughput logs. A protocol adds its steps and its optimiser.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
 from lightning.pytorch import LightningModule
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from mae_lightning.hparams import save_module_hparams
 from mae_lightning.optim import (
     check_schedule,
     check_warmup,
@@ -66,7 +67,7 @@ class Recipe(LightningModule):
     ) -> None:
         super().__init__()
         check_schedule(base_lr, lr, min_lr, warmup_epochs, weight_decay)
-        save_module_hparams(self, model)
+        self._save_hparams(model, inspect.currentframe())
         self.model = model
         self.base_lr = base_lr
         self.lr = lr
@@ -82,6 +83,23 @@ class Recipe(LightningModule):
         self._resumed_from: dict | None = None
         self._images_since_log = 0
         self._last_log_time = 0.0
+
+    def _save_hparams(self, model: nn.Module, frame) -> None:
+        """Hyperparameters that let a checkpoint rebuild this module, model included.
+
+        Under LightningCLI they are the parsed config (the model as class_path + init_args), so a checkpoint
+        rebuilds the whole module alone; a module built in Python keeps the other arguments (pass ``model=`` again
+        to ``load_from_checkpoint``). ``frame`` is this class's ``__init__``: Lightning collects the arguments of
+        every subclass's ``__init__`` from it and the frames that called it. The CLI links ``img_size`` and
+        ``in_chans`` from ``data`` and leaves link targets out of its config, so the geometry of the model actually
+        built is written in, or a reload would build a 224 px RGB model.
+        """
+        from_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if from_cli else ["model"], frame=frame)
+        for hparams in (self.hparams, self._hparams_initial):
+            if isinstance(hparams.get("model"), dict):
+                geometry = {"img_size": list(model.img_size), "in_chans": model.in_chans}
+                hparams["model"].setdefault("init_args", {}).update(geometry)
 
     # ------------------------------------------------------------------ weights
     @property
