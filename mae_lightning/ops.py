@@ -1,10 +1,10 @@
-"""The shape primitives MAE is made of: patches, token gathers and pooling, 2-D sin-cos position tables.
+"""The shape primitives MAE is made of: patches, token gathers and pooling.
 
-Every function here matches facebookresearch/mae (``models_mae.py`` and ``util/pos_embed.py``)
+Every function here matches facebookresearch/mae (``models_mae.py``)
 value for value, generalised to any channel count and to non-square images. Patch vectors are
 laid out ``(p, q, c)`` (row in patch, column in patch, channel), as in the official code, so that
 an official ``decoder_pred`` layer predicts the same pixels here. Which patches are hidden is
-masking maths, in ``masking.py``.
+masking maths, in ``masking.py``; the 2-D sin-cos position tables are in ``models/pos_embed.py``.
 """
 
 from __future__ import annotations
@@ -88,32 +88,3 @@ def pool_tokens(tokens: Tensor, pool: str) -> Tensor:
     if pool == "mean":
         return tokens[:, 1:].mean(dim=1)
     raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
-
-
-def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
-    """1-D sin-cos table: positions (M,) -> (M, embed_dim), first half sin, second half cos."""
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim must be even for a sin-cos table, got {embed_dim}")
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
-    omega = 1.0 / 10000**omega
-    out = positions.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
-    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
-
-def sincos_2d(embed_dim: int, grid: tuple[int, int], cls_token: bool = False) -> Tensor:
-    """Fixed 2-D sin-cos position table of the official code, for a (gh, gw) patch grid.
-
-    The first half of each vector encodes the column, the second half the row (the official
-    code's ``meshgrid(grid_w, grid_h)`` order), rows of the table in row-major patch order.
-
-    Returns:
-        (gh*gw, embed_dim) float32, or (1 + gh*gw, embed_dim) with a leading zero row for the cls token.
-    """
-    if embed_dim % 4:
-        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
-    gh, gw = grid
-    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    table = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
-    if cls_token:
-        table = torch.cat([torch.zeros(1, embed_dim, dtype=table.dtype), table], dim=0)
-    return table.float()

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mae_lightning.models import MaskedAutoencoder, mae_vit_base_patch16
-from mae_lightning.ops import patchify, sincos_2d
+from mae_lightning.models.pos_embed import sincos_2d
+from mae_lightning.ops import patchify
 from tests.test_masking import official_random_masking
 
 TINY = dict(

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mae_lightning.ops import grid_size, patchify, pool_tokens, sincos_2d, unpatchify
+from mae_lightning.models.pos_embed import sincos_2d
+from mae_lightning.ops import grid_size, patchify, pool_tokens, unpatchify
 
 
 # ---------------------------------------------------------------------------- patches

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 from mae_lightning import MaskedAutoencoder
 from mae_lightning.checkpoint import ENCODER_KEYS, WeightsMismatchError, part, read_state_dict
-from mae_lightning.models.pos_embed import resize_pos_embed, sincos_grid
+from mae_lightning.models.pos_embed import resize_pos_embed, sincos_2d, sincos_grid
 from mae_lightning.models.weights import load_weights
-from mae_lightning.ops import sincos_2d
 
 
 def small_mae(img_size=32, seed=0, **kwargs) -> MaskedAutoencoder:

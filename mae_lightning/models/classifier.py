@@ -14,10 +14,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from mae_lightning.checkpoint import ENCODER_KEYS, HEAD_KEYS, Checkpoint, WeightsMismatchError, part, read_checkpoint
+from mae_lightning.models.pos_embed import sincos_2d
 from mae_lightning.models.presets import ENCODER_SIZE_KEYS
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
 from mae_lightning.models.weights import load_weights
-from mae_lightning.ops import sincos_2d
 
 
 class VisionTransformer(nn.Module):

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores, num_kept
+from mae_lightning.models.pos_embed import sincos_2d
 from mae_lightning.models.vit import Block, CrossAttentionBlock, LayerNorm, PatchEmbed
-from mae_lightning.ops import gather_tokens, inverse_permutation, patchify, pool_tokens, sincos_2d, unpatchify
+from mae_lightning.ops import gather_tokens, inverse_permutation, patchify, pool_tokens, unpatchify
 
 
 class StepOutput(NamedTuple):

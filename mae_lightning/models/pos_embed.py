@@ -1,8 +1,10 @@
-"""Position tables that follow the patch grid of the model they are loaded into.
+"""Position tables: the fixed 2-D sin-cos tables of MAE, and tables that follow the patch grid of the model
+they are loaded into.
 
-A fixed 2-D sin-cos table (``ops.sincos_2d``, the MAE encoder's and decoder's) is recomputed for the new grid,
-exactly; a learned one (fine-tuned models) is resized bicubically, as the official
-``util/pos_embed.interpolate_pos_embed`` (timm's ``resample_abs_pos_embed`` does the same).
+:func:`sincos_2d` is the official ``util/pos_embed.get_2d_sincos_pos_embed``, value for value, for any (non-square)
+grid. Loading (``models/weights.py``) adapts a file's tables with :func:`adapt_position_tables`: a fixed sin-cos
+table is recomputed for the new grid, exactly; a learned one (fine-tuned models) is resized bicubically, as the
+official ``util/pos_embed.interpolate_pos_embed`` (timm's ``resample_abs_pos_embed`` does the same).
 """
 
 from __future__ import annotations
@@ -14,7 +16,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mae_lightning.checkpoint import WeightsMismatchError
-from mae_lightning.ops import sincos_2d
+
+
+def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
+    """1-D sin-cos table: positions (M,) -> (M, embed_dim), first half sin, second half cos."""
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even for a sin-cos table, got {embed_dim}")
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = positions.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(embed_dim: int, grid: tuple[int, int], cls_token: bool = False) -> Tensor:
+    """Fixed 2-D sin-cos position table of the official code, for a (gh, gw) patch grid.
+
+    The first half of each vector encodes the column, the second half the row (the official
+    code's ``meshgrid(grid_w, grid_h)`` order), rows of the table in row-major patch order.
+
+    Returns:
+        (gh*gw, embed_dim) float32, or (1 + gh*gw, embed_dim) with a leading zero row for the cls token.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    table = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, embed_dim, dtype=table.dtype), table], dim=0)
+    return table.float()
 
 
 def resize_pos_embed(pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
