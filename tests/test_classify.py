@@ -13,7 +13,7 @@ from lightning.pytorch import Trainer
 from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MAEPretraining, VisionTransformer
 from mae_lightning.cli import main
 from mae_lightning.models import load_pretrained_encoder, mae_vit_tiny_patch4_32
-from mae_lightning.ops import sincos_2d
+from mae_lightning.models.pos_embed import sincos_2d
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
