@@ -18,6 +18,7 @@ from mae_lightning.models.pos_embed import sincos_2d
 from mae_lightning.models.presets import ENCODER_SIZE_KEYS
 from mae_lightning.models.vit import Block, LayerNorm, PatchEmbed
 from mae_lightning.models.weights import load_weights
+from mae_lightning.ops import pool_tokens
 
 
 class VisionTransformer(nn.Module):
@@ -116,8 +117,8 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         if self.global_pool:
-            return self.fc_norm(x[:, 1:, :].mean(dim=1))
-        return self.norm(x)[:, 0]
+            return self.fc_norm(pool_tokens(x, "mean"))
+        return pool_tokens(self.norm(x), "cls")
 
     def forward(self, imgs: Tensor) -> Tensor:
         """imgs (N, C, H, W) -> logits (N, num_classes)."""
