@@ -548,17 +548,14 @@ def test_array_pictures_stretch_each_band_over_its_mean_plus_minus_two_std(tmp_p
     values = torch.tensor([[800.0, 1000.0, 1200.0, 1500.0], [3200.0, 5000.0, 6800.0, 0.0]]).view(1, 2, 1, 4)
     normalised = (values - torch.tensor(data.mean).view(1, 2, 1, 1)) / torch.tensor(data.std).view(1, 2, 1, 1)
 
-    class Identity(torch.nn.Module):  # a "model" that reconstructs its input: the panels are the pictures
-        norm_pix_loss = False
-
-        def patchify(self, x):
-            return x.flatten(2).transpose(1, 2)
-
-        def unpatchify(self, x):
-            return x.transpose(1, 2).reshape(1, -1, 1, 4)
+    class Identity(torch.nn.Module):  # a "model" of 1-pixel patches that reconstructs its input: panels = pictures
+        patch_size, grid_size = 1, (1, 4)
 
         def forward(self, imgs, mask_ratio, noise):
-            return None, self.patchify(imgs), torch.zeros(1, 4)
+            return None, imgs.flatten(2).transpose(1, 2), torch.zeros(1, 4)
+
+        def prediction_to_pixels(self, pred, imgs):
+            return pred.transpose(1, 2).reshape(imgs.shape)
 
     panels = reconstruction_panels(Identity(), normalised, 0.75, torch.zeros(1, 4), mean, std)
     expected = torch.tensor([[0.0, 0.5, 1.0, 1.0], [0.0, 0.5, 1.0, 0.0]]).view(1, 2, 1, 4)

@@ -45,9 +45,9 @@ class MAEDataModule(LightningDataModule):
     computed from ``stats_files`` training files drawn by ``seed``. They are logged once and stored with
     checkpoints (:meth:`state_dict`).
 
-    When ``limit_val_batches`` validates on part of a labelled validation set, its first batches are
-    taken in a class-interleaved order (seeded) so that they cover the classes; a full validation reads
-    the set in its own order.
+    When ``limit_val_batches`` validates on part of a labelled validation set whose first batches hold
+    fewer classes than they could (a folder listed class after class), the set is read in a seeded
+    class-interleaved order instead; a full validation reads the set in its own order.
 
     Args:
         img_size: side of the (square) crop, or (height, width).
@@ -311,7 +311,8 @@ class MAEDataModule(LightningDataModule):
         return self._loader(self._validation_set())
 
     def _validation_set(self) -> Dataset | None:
-        """The validation set; class-interleaved when ``limit_val_batches`` reads only its first batches."""
+        """The validation set; class-interleaved when ``limit_val_batches`` reads only its first batches and they
+        would cover fewer classes in the set's own order."""
         trainer, dataset = self.trainer, self.val_set
         if trainer is None or dataset is None:
             return dataset
@@ -323,15 +324,17 @@ class MAEDataModule(LightningDataModule):
         labels = labels_of(dataset) if 0 < read < batches else None
         if labels is None:
             return dataset
+        # The processes take turns through the order, so together they read its first `seen` samples.
+        seen = read * self.batch_size * world
         order = class_interleaved_order(labels, self.seed)
-        covered, classes = len({labels[i] for i in order[: read * self.batch_size * world]}), len(set(labels))
+        covered, in_order, classes = len({labels[i] for i in order[:seen]}), len(set(labels[:seen])), len(set(labels))
         if covered < classes and not self._warned_uncovered:
             self._warned_uncovered = True
             rank_zero_warn(
                 f"validation reads {read} batch(es) of {self.batch_size} per process (trainer.limit_val_batches="
                 f"{limit}): they cover {covered} of the {classes} classes of the validation set"
             )
-        return Subset(dataset, order)
+        return dataset if in_order >= covered else Subset(dataset, order)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

@@ -67,37 +67,28 @@ def _name(path: str | bytes) -> str:
     return "<image bytes>" if isinstance(path, bytes) else path
 
 
-class EightBitWarning:
-    """Warns, the first time it is called, that 16-bit images are read with 8 bits, naming the file and the setting
-    that keeps their full range. Each loader owns one, so a run says it once (once per DataLoader worker at most).
-    """
+def warn_8_bits(path: str | bytes) -> None:
+    """Say that 16-bit images are read with 8 bits, naming ``path`` and the setting that keeps their full range."""
+    warnings.warn(
+        f"{_name(path)} is a 16-bit image: it is read with 8 bits (the top 8 of 16, so a dim image keeps few "
+        "grey levels), as are the other 16-bit images here. ImageFolderDataModule with data.init_args.file_kind: "
+        "array reads 16-bit PNG and TIFF files with their full range, normalised per band",
+        stacklevel=3,
+    )
+
+
+class ReadImage:
+    """Loader: :func:`load_image`, saying once (:func:`warn_8_bits`; once per DataLoader worker at most) when it
+    reduces 16-bit images to 8 bits."""
 
     def __init__(self) -> None:
         self.warned = False
 
-    def __call__(self, path: str | bytes) -> None:
-        if self.warned:
-            return
-        self.warned = True
-        warnings.warn(
-            f"{_name(path)} is a 16-bit image: it is read with 8 bits (the top 8 of 16, so a dim image keeps few "
-            "grey levels), as are the other 16-bit images here. ImageFolderDataModule with data.init_args.file_kind: "
-            "array reads 16-bit PNG and TIFF files with their full range, normalised per band",
-            stacklevel=3,
-        )
-
-
-class ReadImage:
-    """Loader: an image file (a path, or its bytes) to an RGB PIL image, as :func:`load_image`, warning once
-    (:class:`EightBitWarning`) when 16-bit images are reduced to 8 bits."""
-
-    def __init__(self) -> None:
-        self.warn_8_bits = EightBitWarning()
-
     def __call__(self, path: str | bytes) -> Image.Image:
         img, sixteen_bit = _open_image(path)
-        if sixteen_bit:
-            self.warn_8_bits(path)
+        if sixteen_bit and not self.warned:
+            self.warned = True
+            warn_8_bits(path)
         return img
 
 

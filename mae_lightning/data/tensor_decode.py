@@ -22,7 +22,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from mae_lightning.data.datasets import EightBitWarning, UnreadableImageError
+from mae_lightning.data.datasets import UnreadableImageError, warn_8_bits
 
 _READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
 
@@ -41,7 +41,7 @@ class ReadImageUint8:
                 "are read from arrays (.npy, multi-band .tif)"
             )
         self.mode = _READ_MODES[in_chans]
-        self.warn_8_bits = EightBitWarning()
+        self.warned = False
 
     def __call__(self, path: str | bytes) -> Tensor:
         """``path``: an image file, or the file's bytes."""
@@ -51,8 +51,11 @@ class ReadImageUint8:
         except (RuntimeError, ValueError) as err:  # torchvision's report of an empty or corrupt file
             name = "<image bytes>" if isinstance(path, bytes) else path
             raise UnreadableImageError(name, f"{type(err).__name__}: {err}") from err
-        if image.dtype == torch.uint16:  # torch has no shift of uint16
-            self.warn_8_bits(path)
+        if image.dtype == torch.uint16:
+            if not self.warned:
+                self.warned = True
+                warn_8_bits(path)
+            # torch shifts no uint16
             image = (image.to(torch.int32) >> 8).to(torch.uint8)
         return image
 
