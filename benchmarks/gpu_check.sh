@@ -59,17 +59,17 @@ run() {  # $1: run name, then the configs and overrides
         --trainer.callbacks "$(callbacks "$name")" 2>&1 | tee "$out/$name.log"
 }
 
-run vit_base_bf16_compile --config configs/imagenet_vit_base.yaml --model.init_args.compile "$compile"
+run vit_base_bf16_compile --config configs/imagenet/pretrain.yaml --config configs/imagenet/pretrain_vit_base.yaml --model.init_args.compile "$compile"
 if [ "${SMOKE:-0}" != 1 ]; then
     # The same run with nvJPEG decoding and the crops on the GPU (the workers only read bytes): images/s against
     # the tensor-decoding run above.
-    run vit_base_gpu_decode --config configs/imagenet_vit_base.yaml --model.init_args.compile "$compile" \
+    run vit_base_gpu_decode --config configs/imagenet/pretrain.yaml --config configs/imagenet/pretrain_vit_base.yaml --model.init_args.compile "$compile" \
         --data.init_args.decode gpu
 fi
-run vit_large_fsdp --config configs/imagenet_vit_large.yaml --config configs/presets/fsdp.yaml "${fsdp[@]}"
+run vit_large_fsdp --config configs/imagenet/pretrain.yaml --config configs/imagenet/pretrain_vit_large.yaml --config configs/presets/fsdp.yaml "${fsdp[@]}"
 
 # predict under FSDP from the FSDP checkpoint: one embeddings file gathered on rank 0, the reconstruction grid.
-timeout 300 python -m mae_lightning predict --config configs/imagenet_vit_large.yaml --config configs/presets/fsdp.yaml \
+timeout 300 python -m mae_lightning predict --config configs/imagenet/pretrain.yaml --config configs/imagenet/pretrain_vit_large.yaml --config configs/presets/fsdp.yaml \
     --data.init_args.root "$data" "${hardware[@]}" "${fsdp[@]}" --trainer.num_nodes 1 --trainer.logger false \
     --trainer.default_root_dir "$out/predict" \
     --trainer.limit_predict_batches 2 --trainer.enable_progress_bar false \

@@ -132,6 +132,7 @@ class MAECLI(LightningCLI):
             check_wandb_can_start(logger.init_args)
         fetch_artifact_references(config)
         drop_checkpoint_callbacks_when_off(config)
+        place_outputs_in_run_folder(config)
         checkpoint = resolve_ckpt_path(config)
         if checkpoint is not None:
             continue_wandb_run(wandb_loggers, checkpoint)
@@ -178,6 +179,26 @@ def drop_checkpoint_callbacks_when_off(config) -> None:
     if not callbacks or (trainer.get("enable_checkpointing") is not False and not trainer.get("fast_dev_run")):
         return
     trainer["callbacks"] = [c for c in _as_list(callbacks) if not _is(c, ModelCheckpoint)]
+
+
+def place_outputs_in_run_folder(config) -> None:
+    """Loggers and checkpoints that name no folder of their own write into ``trainer.default_root_dir``.
+
+    So a config states its run folder once. A logger without ``save_dir``, or with ``.`` (W&B's default; the
+    CSV logger needs a value to parse), logs into the run's folder, never at the top of the working directory.
+    A ModelCheckpoint without ``dirpath`` saves into ``<default_root_dir>/checkpoints``, a fixed folder where
+    ``--ckpt_path last`` and the evaluation configs find ``last.ckpt`` (Lightning's own default is a versioned
+    folder inside the logger's). Called before ``resolve_ckpt_path``, which reads that dirpath.
+    """
+    trainer = config.get("trainer", {})
+    run_folder = str(trainer.get("default_root_dir") or "runs")
+    for logger in _as_list(trainer.get("logger")):
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "."):
+            init_args["save_dir"] = run_folder
+    for callback in _as_list(trainer.get("callbacks")):
+        if _is(callback, ModelCheckpoint) and callback.init_args.get("dirpath") is None:
+            callback.init_args["dirpath"] = str(Path(run_folder) / "checkpoints")
 
 
 def resolve_ckpt_path(config) -> Path | None:

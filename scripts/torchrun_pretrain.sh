@@ -18,7 +18,8 @@ torchrun \
     --rdzv-endpoint "${MASTER_ADDR}:${MASTER_PORT}" \
     --rdzv-id mae-vit-large \
     -m mae_lightning fit \
-    --config configs/imagenet_vit_large.yaml \
+    --config configs/imagenet/pretrain.yaml \
+    --config configs/imagenet/pretrain_vit_large.yaml \
     --config configs/presets/multinode.yaml \
     --trainer.num_nodes "${NNODES}" \
     --trainer.devices "${GPUS_PER_NODE}"

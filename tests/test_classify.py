@@ -152,7 +152,12 @@ def test_cifar10_evaluation_config_fits_on_real_images(name, cifar10_subset, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
-    [f"{kind}/imagenet_vit_{size}.yaml" for kind in ("linprobe", "finetune") for size in ("base", "large", "huge")]
+    # An ImageNet run is its recipe, then its size file (configs/imagenet/).
+    [
+        f"imagenet/{kind}.yaml imagenet/{kind}_vit_{size}.yaml"
+        for kind in ("linprobe", "finetune")
+        for size in ("base", "large", "huge")
+    ]
     + ["finetune/cifar10_vit_tiny_patch2.yaml"],
 )
 def test_big_evaluation_config_fits_on_tiny_images(name):
@@ -160,7 +165,8 @@ def test_big_evaluation_config_fits_on_tiny_images(name):
     # Without `pretrained` the encoder size must be stated: the CIFAR configs take it from their checkpoint.
     size = {"patch_size": 2, "embed_dim": 192, "depth": 12, "num_heads": 3} if "cifar10" in name else {}
     args = [
-        "fit", "--config", str(CONFIGS / name), "--config", DEBUG, *QUIET, "--model.init_args.pretrained", "null",
+        "fit", *[word for config in name.split() for word in ("--config", str(CONFIGS / config))],
+        "--config", DEBUG, *QUIET, "--model.init_args.pretrained", "null",
         *[item for key, value in size.items() for item in (f"--model.init_args.model.init_args.{key}", str(value))],
         "--data", "mae_lightning.DigitsDataModule", "--data.init_args.img_size", str(2 * patch),
         "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0", "--trainer.fast_dev_run", "true",

@@ -43,9 +43,26 @@ FAST = [
 # The groups of YAML files in configs/ and how each is used (see test_every_config_belongs_to_a_group).
 TOP_LEVEL = sorted(CONFIGS.glob("*.yaml"))  # fit --config <file>
 MODEL_PRESETS = sorted(CONFIGS.glob("model/*.yaml"))  # --model.init_args.model <file>
-FRAGMENTS = sorted(CONFIGS.glob("logger/*.yaml")) + sorted(CONFIGS.glob("presets/*.yaml"))  # second --config
+LOGGERS = sorted(CONFIGS.glob("logger/*_logger.yaml"))  # trainer.logger: <file>, named by configs and fragments
+FRAGMENTS = sorted(set(CONFIGS.glob("logger/*.yaml")) - set(LOGGERS)) + sorted(CONFIGS.glob("presets/*.yaml"))
 EVALUATION = sorted(CONFIGS.glob("linprobe/*.yaml")) + sorted(CONFIGS.glob("finetune/*.yaml"))  # fit --config <file>
+# The ImageNet recipes: fit --config imagenet/<recipe>.yaml --config imagenet/<recipe>_vit_<size>.yaml
+IMAGENET_RECIPES = ("pretrain", "finetune", "linprobe")
+IMAGENET_SIZES = ("base", "large", "huge")
+IMAGENET = sorted(CONFIGS.glob("imagenet/*.yaml"))
 SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))  # `wandb sweep <file>`; checked in tests/test_sweeps.py
+
+
+# The paper's encoders (patch_size, embed_dim, depth, num_heads) and fine-tuning recipes (base lr, layer decay,
+# drop path, epochs) per size.
+PAPER_ENCODERS = {"base": (16, 768, 12, 12), "large": (16, 1024, 24, 16), "huge": (14, 1280, 32, 16)}
+PAPER_FINETUNING = {"base": (5.0e-4, 0.65, 0.1, 100), "large": (1.0e-3, 0.75, 0.2, 50), "huge": (1.0e-3, 0.75, 0.3, 50)}
+
+
+def imagenet_config(recipe: str, size: str) -> list[str]:
+    """The ``--config`` arguments of one ImageNet run: the recipe, then what its size changes."""
+    folder = CONFIGS / "imagenet"
+    return ["--config", str(folder / f"{recipe}.yaml"), "--config", str(folder / f"{recipe}_vit_{size}.yaml")]
 
 
 def _rel(path: Path) -> str:
@@ -108,9 +125,12 @@ def config_error(capsys: pytest.CaptureFixture, *args: str) -> str:
 def test_every_config_belongs_to_a_group():
     """A new YAML in configs/ must be covered by one of the parse tests below (or this test is updated)."""
     found = {p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml")}
-    grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(FRAGMENTS) | set(EVALUATION) | set(SWEEPS)
+    grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(LOGGERS) | set(FRAGMENTS) | set(EVALUATION) | set(SWEEPS)
+    grouped |= {
+        Path(arg) for recipe in IMAGENET_RECIPES for size in IMAGENET_SIZES for arg in imagenet_config(recipe, size)
+    }
     assert sorted(map(_rel, found - grouped)) == [], "YAML files that no test in tests/test_cli.py parses"
-    assert TOP_LEVEL and MODEL_PRESETS and FRAGMENTS and EVALUATION
+    assert TOP_LEVEL and MODEL_PRESETS and LOGGERS and FRAGMENTS and EVALUATION and IMAGENET
 
 
 @pytest.mark.parametrize("path", TOP_LEVEL, ids=_rel)
@@ -131,6 +151,42 @@ def test_evaluation_config_parses(path: Path, capsys):
     assert config["data"]["class_path"].endswith("DataModule")
 
 
+@pytest.mark.parametrize("recipe", IMAGENET_RECIPES)
+@pytest.mark.parametrize("size", IMAGENET_SIZES)
+def test_imagenet_recipe_and_size_compose(recipe: str, size: str, capsys):
+    config = print_config(capsys, *imagenet_config(recipe, size))
+    module = {"pretrain": "MAEPretraining", "finetune": "FineTune", "linprobe": "LinearProbe"}[recipe]
+    network = "MaskedAutoencoder" if recipe == "pretrain" else "VisionTransformer"
+    assert config["model"]["class_path"] == f"mae_lightning.{module}"
+    assert config["model"]["init_args"]["model"]["class_path"] == f"mae_lightning.{network}"
+    assert config["data"]["class_path"] == "mae_lightning.ImageFolderDataModule"
+    # Each size file names its run: the folder and the W&B run (the first --config is the shared recipe).
+    name = f"imagenet_vit_{size}" if recipe == "pretrain" else f"{recipe}_imagenet_vit_{size}"
+    assert config["trainer"]["default_root_dir"] == f"runs/{name}"
+    assert config["trainer"]["logger"]["class_path"] == "mae_lightning.WandbLogger"
+    assert config["trainer"]["logger"]["init_args"]["name"] == name
+    if recipe != "pretrain":  # the encoder pretrained by the same size's recipe
+        assert config["model"]["init_args"]["pretrained"] == f"runs/imagenet_vit_{size}/checkpoints/last.ckpt"
+        encoder = config["model"]["init_args"]["model"]["init_args"]
+        assert tuple(encoder[k] for k in ("patch_size", "embed_dim", "depth", "num_heads")) == PAPER_ENCODERS[size]
+    trainer, data = config["trainer"], config["data"]["init_args"]
+    effective_batch = (
+        data["batch_size"] * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
+    )
+    assert effective_batch == {"pretrain": 4096, "finetune": 1024, "linprobe": 16384}[recipe]
+    if recipe == "finetune":  # the official FINETUNE.md per size: base lr, layer decay, drop path, epochs
+        module = config["model"]["init_args"]
+        drop_path = module["model"]["init_args"]["drop_path_rate"]
+        assert (module["base_lr"], module["layer_decay"], drop_path, trainer["max_epochs"]) == PAPER_FINETUNING[size]
+
+
+@pytest.mark.parametrize("path", LOGGERS, ids=_rel)
+def test_logger_composes_with_quickstart(path: Path, capsys):
+    logger = yaml.safe_load(path.read_text())
+    config = print_config(capsys, "--config", QUICKSTART, "--trainer.logger", str(path))
+    assert_contains(config["trainer"]["logger"], logger, "trainer.logger")
+
+
 @pytest.mark.parametrize("path", MODEL_PRESETS, ids=_rel)
 def test_model_preset_composes_with_quickstart(path: Path, capsys):
     preset = yaml.safe_load(path.read_text())
@@ -145,6 +201,9 @@ def test_fragment_composes_with_quickstart(path: Path, capsys):
     fragment = yaml.safe_load(path.read_text())
     assert isinstance(fragment, dict) and fragment
     config = print_config(capsys, "--config", QUICKSTART, "--config", str(path))
+    logger = fragment.get("trainer", {}).get("logger")
+    if isinstance(logger, str):  # a logger file named by path, relative to the fragment
+        fragment["trainer"]["logger"] = yaml.safe_load((path.parent / logger).read_text())
     assert_contains(config, fragment)
 
 
@@ -207,16 +266,10 @@ def test_model_yaml_equals_python_preset(path: Path):
 
 # --------------------------------------------------------------------------- the paper recipe
 
-PAPER_ENCODERS = {  # patch_size, embed_dim, depth, num_heads
-    "imagenet_vit_base.yaml": (16, 768, 12, 12),
-    "imagenet_vit_large.yaml": (16, 1024, 24, 16),
-    "imagenet_vit_huge.yaml": (14, 1280, 32, 16),
-}
-
 
 @pytest.mark.parametrize("name", sorted(PAPER_ENCODERS))
 def test_imagenet_config_is_the_paper_recipe(name: str, capsys):
-    config = print_config(capsys, "--config", str(CONFIGS / name))
+    config = print_config(capsys, *imagenet_config("pretrain", name))
     module = config["model"]["init_args"]
     net = module["model"]["init_args"]
     data = config["data"]["init_args"]
@@ -344,7 +397,7 @@ def short_run(tmp_path_factory: pytest.TempPathFactory):
 def test_short_run_saves_the_resolved_config(short_run, capsys):
     cli, root = short_run
     log_dir = Path(cli.trainer.log_dir)
-    assert log_dir == root / "logs" / "quickstart" / "version_0"
+    assert log_dir == root / "logs" / "version_0"  # the quickstart's CSV logger adds no folder of its own
     saved_path = log_dir / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text())
     assert saved["model"]["class_path"] == "mae_lightning.MAEPretraining"
@@ -546,6 +599,54 @@ def test_model_geometry_cannot_contradict_the_data(make_args, tmp_path: Path, ca
     assert cli.trainer.state.finished
     saved = cli.model.hparams["model"]["init_args"]  # what a checkpoint rebuilds the model from
     assert (saved["img_size"], saved["in_chans"]) == ([32, 32], 1)
+
+
+def test_the_run_folder_is_stated_once(tmp_path: Path):
+    """Moving ``trainer.default_root_dir`` moves the logs and the checkpoints; ``--ckpt_path last`` finds them."""
+    limits = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    args = ["fit", "--config", QUICKSTART, *FAST, "--data.init_args.img_size", "16", *limits]
+    args += ["--trainer.default_root_dir", str(tmp_path / "elsewhere")]
+    first = main([*args, "--trainer.max_epochs", "1"])
+    assert Path(first.trainer.log_dir) == tmp_path / "elsewhere" / "version_0"
+    assert (tmp_path / "elsewhere" / "version_0" / "metrics.csv").is_file()
+    assert (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "runs").exists()
+    resumed = main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert resumed.trainer.ckpt_path == str(tmp_path / "elsewhere" / "checkpoints" / "last.ckpt")
+    assert resumed.trainer.global_step == 2
+
+
+def test_outputs_without_a_folder_of_their_own_go_to_the_run_folder():
+    from jsonargparse import Namespace
+
+    from mae_lightning.cli import place_outputs_in_run_folder
+
+    def entry(class_path: str, **init_args) -> Namespace:
+        return Namespace(class_path=class_path, init_args=Namespace(**init_args))
+
+    checkpoint = "lightning.pytorch.callbacks.ModelCheckpoint"
+    config = Namespace(
+        trainer=Namespace(
+            default_root_dir="runs/x",
+            logger=[
+                entry("mae_lightning.WandbLogger", save_dir="."),
+                entry("lightning.pytorch.loggers.CSVLogger", save_dir="logs"),
+            ],
+            callbacks=[
+                entry(checkpoint, dirpath=None),
+                entry(checkpoint, dirpath="kept"),
+                entry("mae_lightning.KNNMonitor"),
+            ],
+        )
+    )
+    place_outputs_in_run_folder(config)
+    # W&B's default "." (the working directory) counts as unset; a folder that is stated stays.
+    assert [logger.init_args.save_dir for logger in config.trainer.logger] == ["runs/x", "logs"]
+    assert [c.init_args.get("dirpath") for c in config.trainer.callbacks] == [
+        str(Path("runs/x/checkpoints")),
+        "kept",
+        None,
+    ]
 
 
 def test_a_second_quickstart_run_replaces_last_ckpt(tmp_path: Path):

@@ -56,9 +56,10 @@ def test_slurm_preset_requeues_on_sigusr1():
     assert environment.requeue_signal == signal.SIGUSR1
 
 
-# ViT-B's config has 128 images per GPU: with this preset it takes --trainer.accumulate_grad_batches 1 (README).
-@pytest.mark.parametrize("config", ["imagenet_vit_large.yaml", "imagenet_vit_huge.yaml"])
-def test_multinode_preset_keeps_the_paper_batch(config, capsys, tmp_path, monkeypatch):
+# ViT-B's size file has 128 images per GPU: with this preset it takes --trainer.accumulate_grad_batches 1
+# (README).
+@pytest.mark.parametrize("size", ["pretrain_vit_large.yaml", "pretrain_vit_huge.yaml"])
+def test_multinode_preset_keeps_the_paper_batch(size, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["mae_lightning"])
     with pytest.raises(SystemExit):
@@ -66,7 +67,9 @@ def test_multinode_preset_keeps_the_paper_batch(config, capsys, tmp_path, monkey
             [
                 "fit",
                 "--config",
-                str(REPO / "configs" / config),
+                str(REPO / "configs" / "imagenet" / "pretrain.yaml"),
+                "--config",
+                str(REPO / "configs" / "imagenet" / size),
                 "--config",
                 str(PRESETS / "multinode.yaml"),
                 "--print_config",
