@@ -1,4 +1,4 @@
-"""The README's "Change the method" examples, run as written: each file saved, each command run (briefly)."""
+"""The examples of docs/method.md ("Change the method"), run as written: each file saved, each command run (briefly)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from mae_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
+PAGE = (REPO / "docs" / "method.md").read_text()
 # A marked Python block (the file a user saves), then the next bash block (the command that uses it).
 EXAMPLE = re.compile(r"<!-- readme-example: (\S+) -->\n```python\n(.*?)```.*?```bash\n(.*?)```", re.DOTALL)
-EXAMPLES = {name: (code, command) for name, code, command in EXAMPLE.findall(README)}
+EXAMPLES = {name: (code, command) for name, code, command in EXAMPLE.findall(PAGE)}
 # Short and quiet: the example's own settings stay as written, these only cut the run down.
 BRIEF = [
     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
@@ -24,7 +24,7 @@ BRIEF = [
 ]  # fmt: skip
 
 
-def test_the_readme_has_both_examples():
+def test_the_method_page_has_both_examples():
     assert sorted(EXAMPLES) == ["my_data.py", "my_masking.py"]
 
 

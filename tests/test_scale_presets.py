@@ -57,7 +57,7 @@ def test_slurm_preset_requeues_on_sigusr1():
 
 
 # ViT-B's size file has 128 images per GPU: with this preset it takes --trainer.accumulate_grad_batches 1
-# (README).
+# (docs/scaling.md).
 @pytest.mark.parametrize("size", ["pretrain_vit_large.yaml", "pretrain_vit_huge.yaml"])
 def test_multinode_preset_keeps_the_paper_batch(size, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -103,9 +103,9 @@ def test_launch_scripts_run_the_shipped_configs(script: Path):
         assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
 
 
-def test_readme_shows_both_launchers():
-    readme = (REPO / "README.md").read_text()
+def test_the_scaling_page_shows_both_launchers():
+    page = (REPO / "docs" / "scaling.md").read_text()
     for script in SCRIPTS:
-        assert f"scripts/{script.name}" in readme
-    assert "srun python -m mae_lightning fit" in readme
-    assert "torchrun" in readme
+        assert f"scripts/{script.name}" in page
+    assert "srun python -m mae_lightning fit" in page
+    assert "torchrun" in page

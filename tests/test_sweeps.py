@@ -112,8 +112,8 @@ def test_every_swept_value_reaches_the_config(path: Path, capsys: pytest.Capture
         assert config["trainer"]["logger"]["init_args"]["name"] is None  # W&B names each run of a sweep
 
 
-def test_the_sweeps_are_documented_in_the_readme():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Weights & Biases", 1)[1].split("\n## ", 1)[0]
+def test_the_sweeps_are_documented_on_the_wandb_page():
+    page = (REPO / "docs" / "wandb.md").read_text()
+    section = page.split("## Sweeps", 1)[1].split("\n## ", 1)[0]
     assert "wandb sweep configs/sweeps/quickstart_grid.yaml" in section
     assert "CUDA_VISIBLE_DEVICES=0 wandb agent" in section
