@@ -32,7 +32,7 @@ class UnreadableImageError(Exception):
 
 
 # PIL modes of 16-bit (and 32-bit integer) grayscale images; PIL's own conversion would clip them at 255.
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
 
 
 def load_image(path: str | bytes) -> Image.Image:
@@ -54,7 +54,7 @@ def _open_image(path: str | bytes) -> tuple[Image.Image, bool]:
     try:
         with io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb") as f:
             img = Image.open(f)
-            sixteen_bit = img.mode in SIXTEEN_BIT_MODES
+            sixteen_bit = img.mode in _SIXTEEN_BIT_MODES
             if sixteen_bit:
                 img = Image.fromarray((np.clip(np.asarray(img), 0, 65535) >> 8).astype(np.uint8))
             return img.convert("RGB"), sixteen_bit

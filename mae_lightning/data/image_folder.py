@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from mae_lightning.data.arrays import INTERPOLATIONS, BandCountError
 from mae_lightning.data.base import MAEDataModule
 from mae_lightning.data.datasets import FileList, SkipUnreadable, UnreadableImageError
-from mae_lightning.data.folders import FILE_KINDS, FolderFiles, file_kind, list_folder, split_by_fraction
+from mae_lightning.data.folders import FILE_KINDS, FolderFiles, list_folder, split_by_fraction
+from mae_lightning.data.folders import file_kind as kind_of_files  # the argument file_kind shadows the name
 
 
 class ImageFolderDataModule(MAEDataModule):
@@ -89,7 +90,8 @@ class ImageFolderDataModule(MAEDataModule):
         self.array_interpolation = array_interpolation
         self.stats_files = stats_files
         self._folders = self._list_folders()
-        self.file_kind = _file_kind_of(self._folders, self.root, file_kind)
+        listed = [path for folder in self._folders.values() if folder is not None for path, _ in folder.samples]
+        self.file_kind = kind_of_files(listed, self.root, file_kind)  # of the training and validation files together
         self._check_channels()
         self.loader = self.pipeline.loader(self)
         for folder in self._folders.values():
@@ -176,9 +178,3 @@ class ImageFolderDataModule(MAEDataModule):
                 self.train_set = self.build_dataset("train", self.train_transform)
             if self.val_set is not None:
                 self.val_set = self.build_dataset("val", self.eval_transform)
-
-
-def _file_kind_of(folders: dict[str, FolderFiles | None], root: Path, forced: str | None) -> str:
-    """What the files of the training and validation folders are, together (see :func:`file_kind`)."""
-    paths = [path for folder in folders.values() if folder is not None for path, _ in folder.samples]
-    return file_kind(paths, root, forced)
