@@ -162,8 +162,10 @@ def test_cifar10_evaluation_config_fits_on_real_images(name, cifar10_subset, tmp
 )
 def test_big_evaluation_config_fits_on_tiny_images(name):
     patch = 14 if "huge" in name else 2 if "patch2" in name else 16
-    # Without `pretrained` the encoder size must be stated: the CIFAR configs take it from their checkpoint.
+    # Without `pretrained` the encoder size must be stated: the CIFAR configs take it from their checkpoint. The
+    # head is sized for the digits' 10 classes (a 1000-way head on them stops when fitting starts).
     size = {"patch_size": 2, "embed_dim": 192, "depth": 12, "num_heads": 3} if "cifar10" in name else {}
+    size["num_classes"] = 10
     args = [
         "fit", *[word for config in name.split() for word in ("--config", str(CONFIGS / config))],
         "--config", DEBUG, *QUIET, "--model.init_args.pretrained", "null",
