@@ -1,4 +1,7 @@
-"""The examples of docs/method.md ("Change the method"), run as written: each file saved, each command run (briefly)."""
+"""The examples of docs/method.md ("Change the method"), run as written: each file saved, each command run (briefly).
+
+A masking strategy, a loss term (extending the training step without copying it) and a DataModule of one's own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mae_lightning.cli import main
 
@@ -24,8 +28,8 @@ BRIEF = [
 ]  # fmt: skip
 
 
-def test_the_method_page_has_both_examples():
-    assert sorted(EXAMPLES) == ["my_data.py", "my_masking.py"]
+def test_the_method_page_has_its_three_examples():
+    assert sorted(EXAMPLES) == ["my_data.py", "my_loss.py", "my_masking.py"]
 
 
 def run_example(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -68,3 +72,48 @@ def test_custom_data_module_trains_on_five_bands(tmp_path, monkeypatch):
     imgs, targets = next(iter(cli.datamodule.train_dataloader()))
     assert imgs.shape == (64, 5, 16, 16) and set(targets.tolist()) <= {0, 1}
     assert cli.model.model.in_chans == 5
+
+
+def test_an_added_term_is_trained_logged_and_validated_from_yaml(tmp_path, monkeypatch):
+    cli = run_example("my_loss.py", tmp_path, monkeypatch)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 2
+    model = cli.model.model
+    assert type(model).__name__ == "VisibleLossAutoencoder" and model.visible_weight == 0.1
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/visible_mse", "train/visible_loss", "val/visible_mse", "val/visible_loss", "val/loss"):
+        assert torch.isfinite(metrics[key]), key
+
+    # The loss optimised is the reconstruction loss plus the weighted term; the metric is the official
+    # forward's loss on the visible patches.
+    torch.manual_seed(0)
+    model.eval()
+    imgs = torch.randn(4, model.in_chans, *model.img_size)
+    noise = torch.rand(4, model.num_patches)
+    step = model.forward_train(imgs, 0.75, noise)
+    model.visible_weight = 0.0  # the same step with the term as a metric only: the reconstruction loss alone
+    reconstruction = model.forward_train(imgs, 0.75, noise)
+    assert set(reconstruction.terms) == {"visible_mse"}
+    torch.testing.assert_close(step.loss, reconstruction.loss + 0.1 * step.terms["visible_mse"])
+    _, pred, mask = model(imgs, 0.75, noise)
+    per_patch = ((pred - model.target(imgs)) ** 2).mean(dim=-1)
+    torch.testing.assert_close(step.terms["visible_mse"], (per_patch * (1 - mask)).sum() / (1 - mask).sum())
+
+
+def test_gradients_of_a_weighted_term_reach_the_decoder_and_a_metric_adds_none():
+    namespace: dict = {}
+    exec(compile(EXAMPLES["my_loss.py"][0], "my_loss.py", "exec"), namespace)
+    sizes = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16)
+    imgs, noise = torch.randn(2, 1, 16, 16), torch.rand(2, 16)
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = namespace["VisibleLossAutoencoder"](
+            **sizes, decoder_depth=1, decoder_num_heads=2, visible_weight=weight
+        )
+        step = model.forward_train(imgs, 0.75, noise)
+        assert set(step.terms) == ({"visible_mse"} if weight == 0 else {"visible_mse", "visible_loss"})
+        assert step.terms["visible_mse"].requires_grad == (weight > 0)
+        step.loss.backward()
+        if weight == 0:
+            reference = model.decoder_pred.weight.grad.clone()
+    # The visible patches' loss changes the decoder's gradient only when it is weighted into the loss.
+    assert not torch.allclose(model.decoder_pred.weight.grad, reference)
