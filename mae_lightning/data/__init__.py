@@ -2,7 +2,7 @@
 
 from mae_lightning.data.arrays import ReadArray
 from mae_lightning.data.base import MAEDataModule
-from mae_lightning.data.datasets import FileList, FlatImageFolder
+from mae_lightning.data.datasets import FileList
 from mae_lightning.data.digits import Digits, DigitsDataModule
 from mae_lightning.data.image_folder import ImageFolderDataModule
 from mae_lightning.data.shards import StreamingDataModule
@@ -14,7 +14,6 @@ __all__ = [
     "Digits",
     "DigitsDataModule",
     "FileList",
-    "FlatImageFolder",
     "ImageFolderDataModule",
     "MAEDataModule",
     "ReadArray",

@@ -3,22 +3,16 @@
 Three file kinds are read, each as a (C, H, W) float32 tensor in the file's own units (no /255):
 
 - ``.npy`` files shaped (C, H, W) (numpy's own format, no pickled objects);
-- ``.tif`` / ``.tiff`` files, read with ``tifffile``, in either layout: bands first (C, H, W), as
-  band-separate (planar) GeoTIFFs are read, or bands last (H, W, C), as pixel-interleaved ones are.
-  A file that marks its last axis as interleaved samples is (H, W, C); otherwise the bands are the
-  end of the shape with ``in_chans`` entries, the first one when both ends have. Compressed TIFFs
-  other than deflate (LZW, JPEG, ...) need the ``imagecodecs`` package, which tifffile names when
-  it is missing;
+- ``.tif`` / ``.tiff`` files, read with ``tifffile``: bands first (C, H, W), as band-separate (planar)
+  GeoTIFFs are read, or bands last (H, W, C), as pixel-interleaved ones are. A file that marks its last axis
+  as interleaved samples is (H, W, C); otherwise the bands are the end of the shape with ``in_chans``
+  entries, the first one when both ends have. Compressed TIFFs other than deflate (LZW, JPEG, ...) need
+  the ``imagecodecs`` package, which tifffile names when it is missing;
 - ``.png`` files, when a folder is read with ``file_kind: array``: 16-bit PNGs (microscopy, depth) keep
   their full range instead of the 8 bits an image file is reduced to.
 
-A 2-D file is one band. A file with another band count, another number of dimensions, NaN or
-infinite values, or that cannot be read raises :class:`~mae_lightning.data.datasets.UnreadableImageError`,
-so :class:`~mae_lightning.data.datasets.SkipUnreadable` skips and counts it like a bad image.
-
-The crops and flips are torchvision's v2 transforms, which act on (C, H, W) tensors of any C; the
-values are normalised per band (:class:`~mae_lightning.data.statistics.NormalizeBands`) with the mean and
-std that the DataModule was given or computed from the training files (``data/statistics.py``).
+A 2-D file is one band. A bad file (see :class:`ReadArray`) is skipped and counted like a bad image. The crops
+and flips are torchvision's v2 transforms, which act on (C, H, W) tensors of any C.
 """
 
 from __future__ import annotations

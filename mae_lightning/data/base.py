@@ -36,18 +36,13 @@ class MAEDataModule(LightningDataModule):
     Subclasses implement :meth:`build_dataset`; what its samples are is :attr:`file_kind`, and
     ``data/pipelines.py`` holds how each kind travels to the device.
 
-    Image data (PIL images) go through the pipelines of ``data/transforms.py`` and are normalised with
-    ``mean``/``std`` or the class's defaults. Array data (float tensors of any band count in their own
-    units, ``data/arrays.py``) are cropped and flipped as tensors and normalised per band with
-    ``mean``/``std`` when given, else with statistics taken, when the first DataLoader is made, from
-    the checkpoint being restored, from the checkpoint named with :meth:`use_statistics_of` when it holds
-    them (the weights a probe or fine-tuning starts from, so it normalises as its pretraining did), or
-    computed from ``stats_files`` training files drawn by ``seed``. They are logged once and stored with
-    checkpoints (:meth:`state_dict`).
+    Image data (PIL images) are normalised with ``mean``/``std`` or the class's defaults. Array data (float
+    tensors of any band count in their own units, ``data/arrays.py``) are normalised per band with
+    ``mean``/``std`` when given, else with statistics found when the first DataLoader is made (the order of
+    the sources is in ``data/statistics.py``), logged once and stored with checkpoints (:meth:`state_dict`).
 
-    When ``limit_val_batches`` validates on part of a labelled validation set whose first batches hold
-    fewer classes than they could (a folder listed class after class), the set is read in a seeded
-    class-interleaved order instead; a full validation reads the set in its own order.
+    A validation cut short by ``limit_val_batches`` reads a labelled set in a seeded class-interleaved order
+    when its own order would cover fewer classes (``data/class_order.py``).
 
     Args:
         img_size: side of the (square) crop, or (height, width).
@@ -255,16 +250,10 @@ class MAEDataModule(LightningDataModule):
         if self.val_set is None:
             self.val_set = self.build_dataset("val", self.eval_transform)
 
-    def _loader(self, dataset: Dataset | None, sampler: Sampler | None = None):
-        """An evaluation DataLoader: in order, every sample, the last batch as it comes."""
-        if dataset is None:
-            return []
-        self.resolve_statistics()
-        return DataLoader(
-            dataset,
+    def _loader_args(self) -> dict[str, Any]:
+        """The DataLoader arguments of every split."""
+        return dict(
             batch_size=self.batch_size,
-            shuffle=False if sampler is None else None,
-            sampler=sampler,
             num_workers=self.num_workers,
             # Pinned memory only speeds up copies to an accelerator; on a CPU-only machine it just warns.
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -273,6 +262,13 @@ class MAEDataModule(LightningDataModule):
             # Workers' base seeds from the loader's own generator: the global state (masking) is left alone.
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _loader(self, dataset: Dataset | None, sampler: Sampler | None = None):
+        """An evaluation DataLoader: in order, every sample, the last batch as it comes."""
+        if dataset is None:
+            return []
+        self.resolve_statistics()
+        return DataLoader(dataset, shuffle=False if sampler is None else None, sampler=sampler, **self._loader_args())
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled by (seed, epoch), augmented per sample, resumable mid-epoch (see ``data/resumable.py``)."""
@@ -291,16 +287,7 @@ class MAEDataModule(LightningDataModule):
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
         loader = ResumableDataLoader(
-            PerSampleSeeds(self.train_set, self.seed),
-            sampler,
-            position=self.state_dict,
-            batch_size=self.batch_size,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers,
-            collate_fn=self.pipeline.collate_fn,
-            generator=torch.Generator().manual_seed(self.seed),
+            PerSampleSeeds(self.train_set, self.seed), sampler, self.state_dict, drop_last=True, **self._loader_args()
         )
         if self._resume_state is not None:
             loader.load_state_dict(self._resume_state)
@@ -311,8 +298,7 @@ class MAEDataModule(LightningDataModule):
         return self._loader(self._validation_set())
 
     def _validation_set(self) -> Dataset | None:
-        """The validation set; class-interleaved when ``limit_val_batches`` reads only its first batches and they
-        would cover fewer classes in the set's own order."""
+        """The validation set, class-interleaved when ``limit_val_batches`` cuts it short (see the class notes)."""
         trainer, dataset = self.trainer, self.val_set
         if trainer is None or dataset is None:
             return dataset

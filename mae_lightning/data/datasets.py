@@ -1,11 +1,10 @@
-"""Reading image files, and the datasets of listed files: a folder's files, a folder of unlabelled images."""
+"""Reading image files, the dataset of listed files, and the skipping of unreadable ones."""
 
 from __future__ import annotations
 
 import io
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,11 +36,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
 
 def load_image(path: str | bytes) -> Image.Image:
     """Open an image file (a path, or the file's bytes) as RGB, as torchvision's loader does, but scale 16-bit
-    grayscale to 8 bits (their top byte; :class:`ReadImage` says so once).
-
-    PIL's own conversion clips 16-bit values at 255, which turns such an image almost all white.
-    A file that cannot be decoded raises :class:`UnreadableImageError`; truncated files are not
-    patched up (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it).
+    grayscale to 8 bits (their top byte; :class:`ReadImage` says so once). Truncated files are not patched up
+    (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it).
 
     Raises:
         UnreadableImageError: the file is empty, truncated, not an image, or over PIL's pixel limit.
@@ -90,33 +86,6 @@ class ReadImage:
             self.warned = True
             warn_8_bits(path)
         return img
-
-
-class FlatImageFolder(Dataset):
-    """Every image file below ``root`` (searched recursively), without labels (target -1).
-
-    Args:
-        root: folder of images.
-        transform: applied to each loaded image.
-        loader: reads one file (a PIL image by default).
-    """
-
-    def __init__(self, root: str | Path, transform: Callable | None = None, loader: Callable = load_image) -> None:
-        self.root = Path(root)
-        self.samples = sorted(str(p) for p in self.root.rglob("*") if p.is_file() and is_image_file(p.name))
-        if not self.samples:
-            raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
-        self.transform = transform
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        img = self.loader(self.samples[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, -1
 
 
 class FileList(Dataset):

@@ -1,16 +1,10 @@
 """``decode: gpu``: JPEG decoding (nvJPEG, batched) and the crops on the training device, not in CPU workers.
 
-The workers only read each file's bytes and draw its augmentation: the crop box and the flip, from the
-image size in the file's header, with the same random draws, in the same order, as the ``decode: tensor``
-pipeline (``v2.RandomResizedCrop`` then ``v2.RandomHorizontalFlip``), so the per-sample seeds give the
-same crops either way. The batch leaves the workers as ``(payloads, params)``: each payload is the JPEG's
-bytes, or, for a file nvJPEG does not take (PNG, CMYK, ...), the image decoded in the worker. Before the
-batch moves to the device, :func:`decode_batch` decodes all JPEGs of the batch in one call on the device,
-crops, resizes and flips them there and stacks them as uint8; the DataModule then normalises as for
-``decode: tensor``.
-
-With ``device="cpu"`` the same code runs on the CPU, which is how the tests compare it with the
-``decode: tensor`` pipeline, image for image.
+The workers only read each file's bytes and draw its crop box and flip from the image size in the file's
+header, with the random draws of the ``decode: tensor`` pipeline in its order, so the per-sample seeds give
+the same crops either way. A file nvJPEG does not take (PNG, CMYK, ...) is decoded in the worker instead.
+:func:`decode_batch` then decodes, crops, resizes and flips the batch on the device, before the copy; with
+``device="cpu"`` the same code runs on the CPU, which is how the tests compare it with ``decode: tensor``.
 """
 
 from __future__ import annotations
@@ -100,15 +94,9 @@ def decode_batch(
 ) -> Tensor:
     """Decode (JPEGs in one batched call on ``device``), crop, resize and flip: -> (N, C, H, W) uint8 on ``device``."""
     mode = ImageReadMode.GRAY if in_chans == 1 else ImageReadMode.RGB
-    encoded = [i for i, payload in enumerate(payloads) if payload.dim() == 1]
-    images: list[Tensor | None] = [None] * len(payloads)
-    if encoded:
-        decoded = decode_jpeg([payloads[i] for i in encoded], mode=mode, device=device)
-        for i, image in zip(encoded, decoded, strict=True):
-            images[i] = image
-    for i, payload in enumerate(payloads):
-        if images[i] is None:
-            images[i] = payload.to(device)
+    encoded = [payload for payload in payloads if payload.dim() == 1]  # JPEG bytes; the others are decoded
+    decoded = iter(decode_jpeg(encoded, mode=mode, device=device) if encoded else [])
+    images = [next(decoded) if payload.dim() == 1 else payload.to(device) for payload in payloads]
     evaluation = eval_transform_uint8(img_size, crop_ratio)
     out = []
     for image, (top, left, height, width, flip) in zip(images, params.tolist(), strict=True):

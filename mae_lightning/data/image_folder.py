@@ -23,33 +23,27 @@ class ImageFolderDataModule(MAEDataModule):
     unlabelled files (target -1) otherwise. When ``root/<train_dir>`` does not exist, all of
     ``root`` is the training set and there is no validation, unless ``val_fraction`` cuts one out.
 
-    The files are image files (.jpg, .png, ..., read as 1, 3 or 4 channels) or arrays of any band
-    count (``.npy`` shaped (C, H, W), multi-band ``.tif``/``.tiff``; see ``data/arrays.py``), decided
-    from the files found: a folder of both stops. Arrays keep their own units and are normalised per
-    band (see :class:`MAEDataModule`). The folders are listed, and the first file of each read, when
-    the DataModule is made, so an empty folder, unreadable data or a wrong ``in_chans`` stop the run
-    before it starts, in one line.
+    The files are image files (.jpg, .png, ..., read as 1, 3 or 4 channels) or arrays of any band count
+    (``data/arrays.py``) in their own units, normalised per band (see :class:`MAEDataModule`). The folders
+    are listed, and the first file of each read, when the DataModule is made, so an empty folder, unreadable
+    data or a wrong ``in_chans`` stop the run before it starts, in one line.
 
     Args:
         root: the dataset folder.
         train_dir: training sub-folder.
         val_dir: validation sub-folder ("val" for ImageNet, "test" for the CIFAR-10 JPEG folders).
         decode: image files only. ``"pil"`` decodes, augments and normalises in the DataLoader workers;
-            ``"tensor"`` decodes with torchvision.io and augments uint8 tensors in the workers, and converts
-            to normalised floats on the training device (less CPU per image, a quarter of the
-            bytes to copy: the path for fast GPUs; see benchmarks/RESULTS.md). With
-            ``augmentation: finetune`` the workers also normalise, for random erasing's noise, and
-            the training batches cross as floats. ``"gpu"`` (pretraining, a CUDA GPU): the workers read
-            the bytes and draw the crops, nvJPEG decodes each batch on the GPU and the crops run there
-            (``data/device_decode.py``); refused without a GPU.
+            ``"tensor"`` decodes with torchvision.io, augments uint8 tensors in the workers and normalises on
+            the training device (less CPU per image, a quarter of the bytes to copy: the path for fast GPUs;
+            fine-tuning batches are normalised in the workers). ``"gpu"`` (pretraining on a CUDA GPU, refused
+            without one): nvJPEG decodes each batch and the crops run on the GPU. See ``data/pipelines.py``.
         val_fraction: validate on this share of the training folder (``root/<train_dir>``, or ``root``),
             drawn by ``seed`` from each class separately (stratified; from all files when unlabelled),
             the rest training. None: ``root/<val_dir>`` validates, if it exists.
         file_kind: None decides from the files: ``.npy`` are arrays, other image suffixes images, and
             TIFF files go with the files beside them (arrays when alone). ``"image"`` reads TIFF files
             with PIL (8-bit RGB TIFFs, say), ``"array"`` with tifffile, and PNG files as arrays too: 16-bit
-            PNG and TIFF images (microscopy, say) keep their full range and are normalised per band, where
-            image reading keeps 8 of their 16 bits (and warns once).
+            images keep their full range, where image reading keeps 8 of their 16 bits (and warns once).
         array_interpolation: resampling of the crops and resizes of arrays, antialiased: ``"bilinear"``
             (never leaves the range of the input values) or ``"bicubic"``.
         stats_files: arrays without ``mean``/``std``: how many training files, drawn by ``seed``, the

@@ -84,9 +84,8 @@ class PILImages(Pipeline):
 
 
 class TensorImages(Pipeline):
-    """``decode: tensor``: torchvision.io decodes and the workers augment uint8 tensors; batches cross as uint8 and
-    are normalised on the device (``data/tensor_decode.py``). Fine-tuning batches come normalised from the workers
-    (random erasing's noise is in normalised units) and are left alone."""
+    """``decode: tensor`` (``data/tensor_decode.py``): uint8 batches normalised on the device; fine-tuning's come
+    normalised from the workers and are left alone."""
 
     def loader(self, data: MAEDataModule) -> Callable:
         return ReadImageUint8(data.in_chans)

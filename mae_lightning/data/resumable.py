@@ -37,9 +37,8 @@ class ResumableSampler(DistributedSampler):
         dataset: the dataset to sample from.
         num_replicas: number of processes sharing the data.
         rank: this process's index among them.
-        shuffle: draw a new permutation every epoch.
-        seed: seed of the permutations (the same on every process).
-        drop_last: drop the tail that does not divide evenly among the processes.
+        seed: seed of the permutations (the same on every process); the tail that does not divide evenly
+            among the processes is dropped.
         groups: sizes of the consecutive index ranges read together (their sum is ``len(dataset)``), or None.
         window: how many groups are read at a time when ``groups`` is given.
     """
@@ -49,20 +48,15 @@ class ResumableSampler(DistributedSampler):
         dataset: Dataset,
         num_replicas: int = 1,
         rank: int = 0,
-        shuffle: bool = True,
         seed: int = 0,
-        drop_last: bool = True,
         groups: Sequence[int] | None = None,
         window: int = 8,
     ) -> None:
         if groups is not None and sum(groups) != len(dataset):  # type: ignore[arg-type]
             raise ValueError(f"groups add up to {sum(groups)}, but the dataset holds {len(dataset)} samples")  # type: ignore[arg-type]
         # With groups, DistributedSampler deals out positions in the grouped order drawn here.
-        self.grouped = groups is not None and shuffle
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle and not self.grouped, seed=seed,
-            drop_last=drop_last,
-        )  # fmt: skip
+        self.grouped = groups is not None
+        super().__init__(dataset, num_replicas, rank, shuffle=not self.grouped, seed=seed, drop_last=True)
         self.groups = list(groups) if groups is not None else None
         self.window = window
         self._resume_epoch: int | None = None
@@ -95,8 +89,7 @@ class ResumableSampler(DistributedSampler):
         if self._resume_epoch == self.epoch:
             start = self._resume_offset
             self._resume_epoch, self._resume_offset = None, 0  # only the interrupted epoch starts late
-        epoch = self.epoch
-        return iter([(index, epoch) for index in indices[start:]])
+        return iter([(index, self.epoch) for index in indices[start:]])
 
 
 class PerSampleSeeds(Dataset):
@@ -151,11 +144,7 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(
-        self,
-        dataset: Dataset,
-        sampler: ResumableSampler,
-        position: Callable[[], dict[str, int]],
-        **kwargs: Any,
+        self, dataset: Dataset, sampler: ResumableSampler, position: Callable[[], dict[str, int]], **kwargs: Any
     ) -> None:
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.position = position

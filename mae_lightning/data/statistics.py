@@ -50,16 +50,12 @@ def short(values: Sequence[float]) -> str:
 class NormalizeBands:
     """``(x - mean) / std`` per band of a (C, H, W) tensor, with statistics that are set after it is built.
 
-    The DataModule learns its statistics when its first DataLoader is made (computed from the files,
-    or restored from a checkpoint, which Lightning does after ``setup``): it sets them here, and the
-    DataLoader workers, started after that, carry the set values.
+    The DataModule sets them when its first DataLoader is made; the workers, started after that, carry them.
     """
 
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(self) -> None:
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
-        if mean is not None and std is not None:
-            self.set(mean, std)
 
     def set(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)

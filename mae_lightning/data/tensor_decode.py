@@ -1,13 +1,9 @@
-"""A lighter data path for fast accelerators: decode to uint8 tensors, normalise on the device.
+"""``decode: tensor``, a lighter data path for fast accelerators: decode to uint8 tensors, normalise on the device.
 
-The PIL pipeline decodes, crops and converts to float on the CPU workers. Here the workers
-decode with torchvision.io (libjpeg-turbo) and crop and flip uint8 tensors; the batch crosses
-to the device as uint8 (a quarter of the bytes of float32) and becomes normalised floats
-there (:func:`normalize_uint8`, run by the DataModule's ``on_after_batch_transfer``).
-
-The fine-tuning augmentation is the exception: its random erasing fills with normal noise in
-normalised units, so :func:`finetune_transform_uint8` normalises in the workers and its batches
-cross as floats.
+The workers decode with torchvision.io (libjpeg-turbo) and crop and flip uint8 tensors; the batch crosses
+to the device as uint8 (a quarter of the bytes of float32) and is normalised there (:func:`normalize_uint8`).
+The fine-tuning augmentation is the exception: its random erasing fills with normal noise in normalised
+units, so :func:`finetune_transform_uint8` normalises in the workers and its batches cross as floats.
 
 torchvision 0.29 marks its decoders as superseded by TorchCodec; they remain in the 0.29 line
 this project pins, and this module is the one place to change when moving to TorchCodec.
@@ -22,7 +18,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from mae_lightning.data.datasets import UnreadableImageError, warn_8_bits
+from mae_lightning.data.datasets import UnreadableImageError, _name, warn_8_bits
 
 _READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
 
@@ -49,8 +45,7 @@ class ReadImageUint8:
         try:
             image = decode_image(source, mode=self.mode)
         except (RuntimeError, ValueError) as err:  # torchvision's report of an empty or corrupt file
-            name = "<image bytes>" if isinstance(path, bytes) else path
-            raise UnreadableImageError(name, f"{type(err).__name__}: {err}") from err
+            raise UnreadableImageError(_name(path), f"{type(err).__name__}: {err}") from err
         if image.dtype == torch.uint16:
             if not self.warned:
                 self.warned = True
