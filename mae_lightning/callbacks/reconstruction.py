@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,8 @@ TABLE_COLUMNS = ("epoch", "image", *COLUMNS, "psnr_masked", "ssim_masked")
 def fixed_mask_noise(
     model: MaskedAutoencoder, num_images: int, mask_ratio: float, seed: int, device: torch.device | str = "cpu"
 ) -> Tensor:
-    """The (num_images, L) noise that fixes the masks of the shown images (the same every epoch).
-
-    Row ``i`` is the model's :meth:`~mae_lightning.models.mae.MaskedAutoencoder.fixed_noise` of sample ``i``,
-    drawn by its masking strategy: with the pretraining module's ``val_mask_seed`` the first validation
-    images get the very masks that ``val/loss`` scores them with.
-    """
+    """The (num_images, L) noise that fixes the masks of the shown images (the same every epoch): the model's
+    ``fixed_noise`` of samples 0, 1, ...; with the module's ``val_mask_seed``, the very masks of ``val/loss``."""
     return model.fixed_noise(torch.arange(num_images), mask_ratio, seed, device)
 
 
@@ -82,9 +79,8 @@ def reconstruction_panels(
 
     def to_pixels(x: Tensor) -> Tensor:
         if mean is not None and std is not None:
-            x = x * torch.tensor(std, device=x.device).view(1, -1, 1, 1) + torch.tensor(mean, device=x.device).view(
-                1, -1, 1, 1
-            )
+            mean_t, std_t = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
+            x = x * std_t + mean_t
         return x.clamp(0.0, 1.0)
 
     original = to_pixels(imgs.float())
@@ -97,22 +93,12 @@ def reconstruction_panels(
     }
 
 
-def masked_region_quality_per_image(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Per image: PSNR of the hidden pixels and SSIM averaged over the hidden pixels -> two (N,) tensors.
-
-    The definitions of :func:`masked_region_quality`, each image on its own.
-    """
-    squared_error, ssim_sum, count = _masked_region_sums(panels)
-    return _psnr(squared_error, count), ssim_sum / count
-
-
 def masked_region_quality(panels: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """PSNR of the hidden pixels and SSIM averaged over the hidden pixels (data_range 1.0).
 
     SSIM is computed on the pasted image (visible patches exact) and its per-pixel map is
     averaged where the mask is 1; windows straddling a patch border see some visible pixels.
-    Both pool the hidden pixels of all the images (not a mean of per-image values, which
-    :func:`masked_region_quality_per_image` gives).
+    Both pool the hidden pixels of all the images (not a mean of per-image values: the W&B table has those).
     """
     squared_error, ssim_sum, count = _masked_region_sums(panels)
     return _psnr(squared_error.sum(), count.sum()), ssim_sum.sum() / count.sum()
@@ -190,12 +176,10 @@ DISPLAY_SPREAD = 2.0
 def picture_statistics(datamodule) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     """The (mean, std) that :func:`reconstruction_panels` un-normalises a batch of ``datamodule`` with.
 
-    Image data: the data's own mean and std, which give the pixels back in [0, 1]. Array data
-    (``datamodule.file_kind == "array"``, values in their own units) have no [0, 1] range: un-normalised
-    with the data's per-band mean and std, each band is drawn from ``mean - 2 std`` (black) to
-    ``mean + 2 std`` (white) of that band, clipped beyond; composed, a normalised value ``z`` is drawn
-    at ``(z + 2) / 4``, hence the (0.5, 0.25) returned. The same stretch for every image, epoch,
-    original and reconstruction, so the pictures compare; PSNR and SSIM are measured on it too.
+    Image data: the data's own, which give the pixels back in [0, 1]. Array data (in their own units) are
+    drawn per band from ``mean - 2 std`` (black) to ``mean + 2 std`` (white), clipped beyond: a normalised
+    value ``z`` at ``(z + 2) / 4``, hence (0.5, 0.25). The same stretch for every image, epoch, original and
+    reconstruction, so the pictures compare; PSNR and SSIM are measured on it too.
     """
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
     if getattr(datamodule, "file_kind", "image") == "array" and mean is not None:
@@ -260,12 +244,8 @@ class ReconstructionCallback(Callback):
         model = pl_module.model
         mask_ratio = pl_module.eval_mask_ratio
         noise = fixed_mask_noise(model, imgs.shape[0], mask_ratio, self.mask_seed, imgs.device)
-        datamodule = getattr(trainer, "datamodule", None)
-        mean, std = picture_statistics(datamodule)
-
-        def forward(*args):
-            return forward_through_strategy(trainer, pl_module, "forward", *args)
-
+        mean, std = picture_statistics(getattr(trainer, "datamodule", None))
+        forward = partial(forward_through_strategy, trainer, pl_module, "forward")
         panels = reconstruction_panels(model, imgs, mask_ratio, noise, mean, std, forward)
         caption = " | ".join(COLUMNS) + f"; {int(round(mask_ratio * 100))}% of the patches hidden"
         if model.norm_pix_loss:
@@ -309,10 +289,9 @@ class ReconstructionCallback(Callback):
     def on_predict_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if batch_idx != 0 or dataloader_idx != 0:
+        # A classifier checkpoint has nothing to reconstruct.
+        if batch_idx or dataloader_idx or not isinstance(getattr(pl_module, "model", None), MaskedAutoencoder):
             return
-        if not isinstance(getattr(pl_module, "model", None), MaskedAutoencoder):
-            return  # a classifier checkpoint: nothing to reconstruct
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
         if trainer.is_global_zero and not trainer.fast_dev_run:
             self._write(self._picture(panels), self._dir / "predict.png", caption)
@@ -321,7 +300,8 @@ class ReconstructionCallback(Callback):
         """The columns and rows of the W&B table: per shown image its panels, PSNR and SSIM, and label."""
         import wandb
 
-        psnr, ssim = masked_region_quality_per_image(panels)
+        squared_error, ssim_sum, count = _masked_region_sums(panels)  # per image, as masked_region_quality
+        psnr, ssim = _psnr(squared_error, count), ssim_sum / count
         cells = {key: shown_cells(panels[key], self.rgb_bands) for key in PANEL_KEYS}
         columns = list(TABLE_COLUMNS)
         rows = [
@@ -341,7 +321,6 @@ class ReconstructionCallback(Callback):
     @staticmethod
     def _write(image: np.ndarray, path: Path, caption: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        img = Image.fromarray(image)
         info = PngInfo()
         info.add_text("Description", caption)
-        img.save(path, pnginfo=info)
+        Image.fromarray(image).save(path, pnginfo=info)
