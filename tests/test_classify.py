@@ -14,10 +14,8 @@ from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MAEPretrainin
 from mae_lightning.cli import main
 from mae_lightning.models import load_pretrained_encoder, mae_vit_tiny_patch4_32
 from mae_lightning.models.pos_embed import sincos_2d
+from tests.helpers import CONFIGS, QUICKSTART
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-QUICKSTART = str(CONFIGS / "quickstart.yaml")
 DEBUG = str(CONFIGS / "presets" / "debug.yaml")
 PREDICT = str(CONFIGS / "presets" / "predict.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

@@ -15,9 +15,9 @@ from torch import nn
 
 from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MaskedAutoencoder, VisionTransformer
 from mae_lightning.cli import main
+from tests.helpers import CONFIGS
 from tests.test_classify import tiny_mae_checkpoint, tiny_vit
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 

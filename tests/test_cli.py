@@ -2,7 +2,7 @@
 
 Every run goes through ``mae_lightning.cli.main`` in-process (or ``python -m mae_lightning`` in a
 subprocess) with the working directory in a temporary folder and absolute config paths, so nothing
-is written into the repository. The W&B tests are in ``test_wandb.py``.
+is written into the repository. The W&B tests are in ``runtime/test_wandb_run.py``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from PIL import Image
 from mae_lightning import MAEPretraining, MaskedAutoencoder
 from mae_lightning.cli import main
 from mae_lightning.models import presets
+from tests.helpers import CONFIGS, QUICKSTART
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-QUICKSTART = str(CONFIGS / "quickstart.yaml")
 DEBUG = str(CONFIGS / "presets" / "debug.yaml")
 
 # Keeps an in-process run short and quiet; goes after the --config files it overrides.
@@ -50,7 +48,7 @@ EVALUATION = sorted(CONFIGS.glob("linprobe/*.yaml")) + sorted(CONFIGS.glob("fine
 IMAGENET_RECIPES = ("pretrain", "finetune", "linprobe")
 IMAGENET_SIZES = ("base", "large", "huge")
 IMAGENET = sorted(CONFIGS.glob("imagenet/*.yaml"))
-SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))  # `wandb sweep <file>`; checked in tests/test_sweeps.py
+SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))  # `wandb sweep <file>`; checked in tests/end_to_end/test_sweeps.py
 
 
 # The paper's encoders (patch_size, embed_dim, depth, num_heads) and fine-tuning recipes (base lr, layer decay,

@@ -14,7 +14,7 @@ def test_knn_top1_counts_the_weighted_vote():
     bank = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0], [1.0, 1.05]])
     labels = torch.tensor([0, 0, 1, 1, 1])
     queries = torch.tensor([[5.0, 0.2], [0.0, 0.5], [1.0, 0.9]])
-    # the weighted vote gives 0, 1, 1 (see test_callbacks.py); two of three right when the third is labelled 0
+    # the weighted vote gives 0, 1, 1 (see callbacks/test_callbacks.py); two of three right when the third is labelled 0
     assert knn_top1((bank, labels), (queries, torch.tensor([0, 1, 1])), 2, k=3, temperature=0.1) == 1.0
     assert knn_top1((bank, labels), (queries, torch.tensor([0, 1, 0])), 2, k=3, temperature=0.1) == pytest.approx(2 / 3)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from mae_lightning.callbacks.reconstruction import fixed_mask_noise
 from mae_lightning.cli import main
 from mae_lightning.masking import mask_from_scores, masking_order, num_kept, sample_generator
 from mae_lightning.ops import gather_tokens
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+from tests.helpers import QUICKSTART
 
 TINY = dict(
     patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,

@@ -16,8 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder
 from mae_lightning.checkpoint import ENCODER_KEYS
 from mae_lightning.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def small_model(seed: int = 0, img_size: int = 16) -> MaskedAutoencoder:

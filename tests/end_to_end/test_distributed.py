@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+from tests.helpers import REPO, TESTS
+
 SCRIPT = TESTS / "ddp_run.py"
 BATCH, STEPS, BASE_LR = 4, 3, 2e-2
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+from tests.helpers import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # What each notebook must have shown once it has run.
 SHOWS = {
     "01_masking_and_reconstruction": ["image/png", "PSNR", "hidden patches per image"],

@@ -17,7 +17,7 @@ import torch
 
 from mae_lightning.cli import main
 from mae_lightning.runtime.wandb_artifacts import ArtifactUnavailableError, artifact_file
-from tests.test_wandb import FAST, QUICKSTART, _isolated_env, _offline_run, _without_network, wandb_records
+from tests.runtime.test_wandb_run import FAST, QUICKSTART, _isolated_env, _offline_run, _without_network, wandb_records
 
 REFERENCE = "wandb:someone/mae-lightning/model-abc123:latest"
 

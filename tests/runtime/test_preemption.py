@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+from tests.helpers import QUICKSTART
+
 TINY = [
     "--model.init_args.model.init_args.embed_dim=32",
     "--model.init_args.model.init_args.depth=1",

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from mae_lightning.cli import main
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PAGE = (REPO / "docs" / "method.md").read_text()
 # A marked Python block (the file a user saves), then the next bash block (the command that uses it).
 EXAMPLE = re.compile(r"<!-- readme-example: (\S+) -->\n```python\n(.*?)```.*?```bash\n(.*?)```", re.DOTALL)

@@ -13,8 +13,9 @@ import torch
 from mae_lightning import ImageFolderDataModule
 from mae_lightning.cli import main
 from tests.conftest import CIFAR10_CLASSES, CIFAR10_TEST_PER_CLASS, CIFAR10_TRAIN_PER_CLASS
+from tests.helpers import CONFIGS
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+CONFIG = CONFIGS / "quickstart.yaml"
 
 
 def test_cifar10_jpeg_folders_give_labelled_rgb_batches(cifar10_subset):

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
 from mae_lightning.cli import main
+from tests.helpers import QUICKSTART
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 POISON_STEP = 5
 
 

@@ -20,14 +20,13 @@ from mae_lightning.masking import BlockMasking, GridMasking, RandomMasking, mask
 from mae_lightning.models import MaskedAutoencoder
 from mae_lightning.models.vit import CrossAttention, CrossAttentionBlock
 from mae_lightning.ops import gather_tokens
-from tests.test_model import TINY as MODEL_TINY
-from tests.test_model import official_target
+from tests.helpers import QUICKSTART, REPO
+from tests.models.test_mae import TINY as MODEL_TINY
+from tests.models.test_mae import official_target
 
 TINY = {**MODEL_TINY, "decoder_depth": 2}  # two decoder blocks: the cross decoder stacks them
 NUM_PATCHES, NUM_REMOVED = 16, 12  # TINY's patches, and those that mask_ratio 0.75 removes
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 PRESETS = {
     "partial_reconstruction": str(REPO / "configs" / "presets" / "partial_reconstruction.yaml"),
     "cross_decoder": str(REPO / "configs" / "presets" / "cross_decoder.yaml"),

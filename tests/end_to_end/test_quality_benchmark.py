@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
 from mae_lightning.cli import main
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "quality_cifar10"
 
 

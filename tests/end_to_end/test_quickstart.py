@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from mae_lightning.cli import main
+from tests.helpers import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
 

@@ -1,7 +1,7 @@
 """Folders of arrays of any band count (.npy, .tif): reading, statistics, bad files, splits, errors, pictures.
 
 Real files written by the tests; the runs go through ``mae_lightning.cli.main`` in-process, in a temporary
-working directory, as in test_cli.py.
+working directory, as in tests/test_cli.py.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from mae_lightning.cli import main
 from mae_lightning.data.arrays import ReadArray
 from mae_lightning.data.datasets import FileList, UnreadableImageError
 from mae_lightning.data.statistics import band_statistics
+from tests.helpers import QUICKSTART, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 MULTISPECTRAL = str(REPO / "configs" / "multispectral_example.yaml")
 LOADER = {"num_workers": 0, "pin_memory": False}
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1}

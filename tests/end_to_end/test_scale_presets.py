@@ -1,7 +1,7 @@
 """The scale-out presets and launch scripts: what they build, and that the scripts run the shipped configs.
 
 FSDP itself needs GPUs (Lightning and torch refuse it on CPU), so these tests check the objects the
-preset builds; the 2-process DDP run on CPU is in test_distributed.py.
+preset builds; the 2-process DDP run on CPU is in end_to_end/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from mae_lightning.cli import main
 from mae_lightning.models.vit import Block
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "configs" / "presets"
 SCRIPTS = sorted((REPO / "scripts").glob("*"))
 

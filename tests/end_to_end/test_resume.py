@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from mae_lightning.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+from tests.helpers import QUICKSTART, TESTS
 
 STEPS_PER_EPOCH, EPOCHS, STOP_AT = 6, 2, 4  # stop inside the first epoch
 TINY_MODEL = [
@@ -28,7 +26,7 @@ TINY_MODEL = [
 def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["mae_lightning"])
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # cli_plugins
+    monkeypatch.syspath_prepend(str(TESTS))  # cli_plugins
 
 
 def run(root: Path, name: str, *extra: str, num_workers: int = 0, stop_at: int | None = None):

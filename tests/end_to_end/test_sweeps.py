@@ -16,8 +16,8 @@ import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from mae_lightning.cli import main
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 # The metrics a run logs that a sweep may optimise, and the direction that is better.
 LOGGED_METRICS = {"val/knn_top1": "maximize", "val/online_linear_top1": "maximize", "val/loss": "minimize"}

@@ -23,9 +23,8 @@ import yaml
 from wandb.proto import wandb_internal_pb2
 
 from mae_lightning.cli import main
+from tests.helpers import QUICKSTART, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 WANDB_CONFIG = str(REPO / "configs" / "logger" / "wandb.yaml")
 
 FAST = [
