@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mae_lightning.callbacks.knn import knn_scores
-from mae_lightning.optim import LARS, warmup_cosine_lr
+from mae_lightning.optim import LARS, scaled_lr, set_lr, warmup_cosine_lr
 
 
 def knn_top1(
@@ -62,16 +62,14 @@ def linear_probe_top1(
     nn.init.trunc_normal_(linear.weight, std=0.01)
     nn.init.zeros_(linear.bias)
     head = nn.Sequential(nn.BatchNorm1d(x.shape[1], affine=False, eps=1e-6), linear)
-    peak_lr = base_lr * batch_size / 256
+    peak_lr = scaled_lr(base_lr, batch_size)
     optimizer = LARS(head.parameters(), lr=peak_lr, weight_decay=0.0)
     steps = len(x) // batch_size
     for epoch in range(epochs):
         head.train()
         order = torch.randperm(len(x))
         for step in range(steps):
-            lr = warmup_cosine_lr(epoch + step / steps, peak_lr, 0.0, warmup_epochs, epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, warmup_cosine_lr(epoch + step / steps, peak_lr, 0.0, warmup_epochs, epochs))
             idx = order[step * batch_size : (step + 1) * batch_size]
             loss = F.cross_entropy(head(x[idx]), y[idx])
             optimizer.zero_grad()

@@ -1,9 +1,7 @@
 """Which patches the encoder sees: a masking strategy scores every patch, the lowest scores stay visible.
 
-A strategy returns per-patch scores ``(N, L)`` for a batch; the ``int(L * (1 - mask_ratio))`` patches
-with the smallest scores are kept (:func:`mask_from_scores`, the official ``random_masking`` order),
-so every strategy hides exactly the same number of patches per sample and the model's fast path works
-with any of them. The scores are the ``noise`` that ``MaskedAutoencoder.forward`` accepts.
+Every strategy hides exactly the same number of patches per sample (:func:`mask_from_scores`), so the model's
+fast path works with any of them. The scores are the ``noise`` that ``MaskedAutoencoder.forward`` accepts.
 
 - :class:`RandomMasking` (the paper's default): uniform noise, the official draw.
 - :class:`BlockMasking`: BEiT's rectangles of patches (Bao et al., 2021).
@@ -28,7 +26,8 @@ BLOCK_ATTEMPTS = 10
 
 
 class MaskingStrategy:
-    """Scores patches for masking: the ``int(L * (1 - mask_ratio))`` lowest of each sample stay visible.
+    """Scores patches for masking: the ``int(L * (1 - mask_ratio))`` lowest of each sample stay visible, in the
+    official ``random_masking`` order.
 
     Subclasses implement :meth:`scores`. A strategy holds settings only (no parameters, no state), so it
     changes neither the model's ``state_dict`` nor its checkpoints.
@@ -272,10 +271,9 @@ def masking_order(noise: Tensor, len_keep: int) -> tuple[Tensor, Tensor, Tensor]
 
 
 def mask_from_scores(scores: Tensor, mask_ratio: float, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Keep the ``int(L * (1 - mask_ratio))`` patches with the lowest scores of each sample.
+    """:func:`masking_order` keeping the ``int(L * (1 - mask_ratio))`` lowest scores, and len_keep.
 
-    scores: (N, L), checked against ``shape`` = (N, L) -> ids_shuffle (N, L) (kept first), ids_restore (N, L),
-    mask (N, L) float with 1 on hidden patches, and len_keep.
+    scores: (N, L), checked against ``shape`` = (N, L).
     """
     if scores.shape != shape:
         raise ValueError(f"noise must have shape (N, L) = {tuple(shape)}, got {tuple(scores.shape)}")

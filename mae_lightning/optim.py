@@ -187,9 +187,8 @@ def param_groups_layer_decay(
 
     With ``L`` blocks, a parameter at layer id ``i`` (see :func:`layer_id_for_vit`) gets
     ``lr_scale = layer_decay ** (L + 1 - i)``: the head and final norm train at the full lr, block
-    ``L-1`` at ``layer_decay`` times it, and the embedding at ``layer_decay ** (L + 1)``. No weight
-    decay on 1-D tensors (biases, norms) and on the names in ``no_weight_decay``. Each group carries
-    its ``lr_scale``; the scheduler multiplies the scheduled lr by it. Frozen parameters are left out.
+    ``L-1`` at ``layer_decay`` times it, and the embedding at ``layer_decay ** (L + 1)`` (see :func:`set_lr`).
+    No weight decay on 1-D tensors (biases, norms) and on ``no_weight_decay``. Frozen parameters are left out.
 
     Args:
         model: a ViT with ``blocks`` and timm parameter names.
@@ -263,14 +262,10 @@ class LARS(torch.optim.Optimizer):
                     grad = grad.add(p, alpha=group["weight_decay"])
                     param_norm = torch.norm(p)
                     update_norm = torch.norm(grad)
-                    one = torch.ones_like(param_norm)
+                    ratio = group["trust_coefficient"] * param_norm / update_norm
                     # torch.where keeps this on the device: no host sync per parameter.
-                    q = torch.where(
-                        param_norm > 0.0,
-                        torch.where(update_norm > 0, group["trust_coefficient"] * param_norm / update_norm, one),
-                        one,
-                    )
-                    grad = grad.mul(q)
+                    trusted = (param_norm > 0.0) & (update_norm > 0)
+                    grad = grad.mul(torch.where(trusted, ratio, torch.ones_like(ratio)))
                 state = self.state[p]
                 if "mu" not in state:
                     state["mu"] = torch.zeros_like(p)
