@@ -39,12 +39,10 @@ class EmbeddingWriter(BasePredictionWriter):
         columns: dict[str, torch.Tensor] = {}
         if predictions:
             columns = {key: torch.cat([p[key].detach().float().cpu() for p in predictions]) for key in predictions[0]}
-            total = len(next(iter(columns.values())))
             if batch_indices and all(batch_indices):
-                index = torch.tensor([i for batch in batch_indices for i in batch], dtype=torch.long)
+                columns["index"] = torch.tensor([i for batch in batch_indices for i in batch], dtype=torch.long)
             else:
-                index = torch.arange(total, dtype=torch.long)
-            columns["index"] = index
+                columns["index"] = torch.arange(len(next(iter(columns.values()))), dtype=torch.long)
         if trainer.world_size > 1:  # every process takes part, also one that had no batch
             columns = _gather_rows(columns)
         if not trainer.is_global_zero or not columns:
@@ -53,17 +51,14 @@ class EmbeddingWriter(BasePredictionWriter):
             columns["target"] = columns["target"].long()
         dataset = getattr(trainer.predict_dataloaders, "dataset", None)
         samples = getattr(dataset, "samples", None)
-        paths = None
         if samples is not None and len(samples) > int(columns["index"].max()):
-            paths = [str(s[0] if isinstance(s, tuple) else s) for s in (samples[i] for i in columns["index"].tolist())]
+            picked = (samples[i] for i in columns["index"].tolist())
+            columns["path"] = [str(s[0] if isinstance(s, tuple) else s) for s in picked]  # type: ignore[assignment]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.suffix == ".npz":
-            arrays = {key: value.numpy() for key, value in columns.items()}
-            if paths is not None:
-                arrays["path"] = np.asarray(paths)
-            np.savez(self.path, **arrays)
+            np.savez(self.path, **{key: np.asarray(value) for key, value in columns.items()})
         else:
-            torch.save({**columns, **({"path": paths} if paths is not None else {})}, self.path)
+            torch.save(columns, self.path)
 
 
 def _gather_rows(columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

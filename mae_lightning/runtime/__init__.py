@@ -1,8 +1,5 @@
 """What keeps runs alive and right, apart from the method: nothing here changes what MAE learns.
 
-Atomic checkpoint writes, the per-rank random state, the start of a W&B run (its key, name and id) and
-checkpoint artifacts, a checkpoint on SIGTERM, the stop on a non-finite loss, the count of skipped files, and
-running the model through a strategy's wrapper.
 The command line adds these callbacks to every run (``cli.py``).
 """
 

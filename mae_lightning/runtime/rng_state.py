@@ -1,7 +1,7 @@
 """Random state per process: seeded from (seed, rank), saved for every rank, restored on its own rank.
 
-The masks, drop path and MixUp/CutMix draw from the global generators. ``seed_everything`` gives every
-process the same seed, so without this every rank of a multi-process run would draw the same masks.
+The masks, drop path and MixUp/CutMix draw from the global generators, which ``seed_everything`` seeds alike
+on every process.
 """
 
 from __future__ import annotations
@@ -96,11 +96,8 @@ def _to_checkpoint(states: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_checkpoint(states: dict[str, Any]) -> dict[str, Any]:
-    if "torch.cuda" in states and len(states["torch.cuda"]) != _cuda_device_count():
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if "torch.cuda" in states and len(states["torch.cuda"]) != devices:
         states = {key: value for key, value in states.items() if key != "torch.cuda"}
     kind, keys, pos, has_gauss, cached = states["numpy"]
     return {**states, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)}
-
-
-def _cuda_device_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
