@@ -205,14 +205,9 @@ def param_groups_layer_decay(
         no_decay = ndim == 1 or name in no_weight_decay
         layer_id = layer_id_for_vit(name, num_layers)
         key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
-        if key not in groups:
-            groups[key] = {
-                "params": [],
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (num_layers - layer_id),
-                "name": key,
-            }
-        groups[key]["params"].append(param)
+        scale = layer_decay ** (num_layers - layer_id)
+        group = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale, "name": key}
+        groups.setdefault(key, group)["params"].append(param)
     return list(groups.values())
 
 

@@ -1,8 +1,7 @@
 """An evaluation order that covers the classes early, for a validation that reads only its first batches.
 
 ``limit_val_batches`` cuts validation to its first batches. On a folder listed class after class those hold one
-class, and the accuracy measured is that class's. Read in a class-interleaved order (one sample of every class,
-then a second of every class, ...), any prefix of the set holds as many classes as it can.
+class, and the accuracy measured is that class's; in a class-interleaved order any prefix holds as many as it can.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """A training DataLoader whose epoch, data order and augmentations survive a restart mid-epoch.
 
-Lightning restarts an interrupted epoch from the first batch of a fresh iterator unless the
-DataLoader itself is stateful (has ``state_dict``/``load_state_dict``, which Lightning stores in
-the checkpoint). Three things make a resumed epoch the one that would have happened:
-
-- the order comes from ``(seed, epoch)`` alone (:class:`ResumableSampler`, a DistributedSampler,
-  so each process of a multi-process run reads its own share) and skips the batches already trained on;
-- each sample's augmentation draws from its own seed ``(seed, epoch, index)``
-  (:class:`PerSampleSeeds`), so crops and flips do not depend on worker count, prefetching or
-  anything else that drew from the global random state before;
-- the loader draws its workers' base seed from its own generator, never from the global
-  ``torch`` state that the masking uses.
+Lightning restarts an interrupted epoch from the first batch of a fresh iterator unless the DataLoader
+itself is stateful (has ``state_dict``/``load_state_dict``, which Lightning stores in the checkpoint).
+A resumed epoch is the one that would have happened because its order comes from ``(seed, epoch)`` alone
+(:class:`ResumableSampler`, which skips the batches already trained on), each sample's augmentation from
+``(seed, epoch, index)`` (:class:`PerSampleSeeds`: not from worker count, prefetching or the global random
+state), and the workers' base seed from the loader's own generator (``MAEDataModule``).
 """
 
 from __future__ import annotations

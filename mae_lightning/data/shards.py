@@ -1,12 +1,11 @@
 """Images from litdata shards (``python -m mae_lightning.prepare``), local or in object storage.
 
-litdata's StreamingDataset reads the shards and fetches them from ``s3://``, ``gs://`` (or other fsspec
-locations litdata knows) into a local cache as they are needed. It is used here as a map-style dataset
-(``dataset[index]``), so the split across processes and nodes, the per-sample augmentation seeds and
-the mid-epoch resume are the ones of every other DataModule here (``data/resumable.py``): a resumed run
-sees the same images, crops and masks as an uninterrupted one. The training order reads a few shards at
-a time (``ResumableSampler``'s groups), and ``prepare`` writes the images in a seeded random order, so
-each shard mixes the classes. litdata's own iteration and loader state are not used.
+litdata's StreamingDataset reads the shards, fetching remote ones into a local cache as they are needed. It is
+used as a map-style dataset (``dataset[index]``), so the split across processes and nodes, the per-sample
+augmentation seeds and the mid-epoch resume are the ones of every other DataModule here (``data/resumable.py``);
+litdata's own iteration and loader state are not used. The training order reads a few shards at a time
+(``ResumableSampler``'s groups), and ``prepare`` writes the images in a seeded random order, so each shard
+mixes the classes.
 """
 
 from __future__ import annotations

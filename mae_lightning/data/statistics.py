@@ -23,11 +23,7 @@ from mae_lightning.data.datasets import UnreadableImageError
 def checked_statistics(
     mean: Sequence[float], std: Sequence[float], in_chans: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``mean`` and ``std`` as float tuples of ``in_chans`` values each.
-
-    Raises:
-        ValueError: another count of values, or a std that is not positive.
-    """
+    """``mean`` and ``std`` as float tuples of ``in_chans`` values each; ValueError for another count or a std <= 0."""
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean and std need in_chans={in_chans} values, got mean={mean}, std={std}")
     if min(std) <= 0:
@@ -73,22 +69,12 @@ class NormalizeBands:
 
 
 def band_statistics(dataset: Dataset, num_files: int, seed: int) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """Per-band mean and std over every pixel of ``num_files`` samples of ``dataset`` drawn by ``seed``.
+    """Per-band ``(mean, std, files_read)`` over every pixel of ``num_files`` samples of ``dataset`` drawn by ``seed``.
 
-    The samples are read untransformed (whole files, in their own units); unreadable ones are left out
-    here (training skips and counts them). The per-file moments are merged exactly (Chan et al.), in
+    ``dataset``'s items are ``(tensor (C, H, W), target)``, read untransformed (whole files, in their own units);
+    unreadable ones (``UnreadableImageError``) are left out here (training skips and counts them), and a
+    RuntimeError says when none can be read. The per-file moments are merged exactly (Chan et al.), in
     float64. A band that is constant in the sample gets std 1, so normalising it cannot divide by zero.
-
-    Args:
-        dataset: items ``(tensor (C, H, W), target)``, whose reads raise ``UnreadableImageError`` for bad files.
-        num_files: how many samples to draw (all of them when the dataset is smaller).
-        seed: seed of the draw.
-
-    Returns:
-        ``(mean, std, files_read)``.
-
-    Raises:
-        RuntimeError: none of the drawn samples could be read.
     """
     size = len(dataset)  # type: ignore[arg-type]
     picked = np.sort(np.random.default_rng(seed).permutation(size)[: min(num_files, size)])
