@@ -57,8 +57,7 @@ class MaskingStrategy:
         """Scores that depend on each sample's id alone, not on its batch, process or device.
 
         sample_ids: (N,) integers (e.g. positions in the validation set) -> (N, gh * gw) on the CPU, row ``i``
-        drawn from a generator seeded with ``(seed, sample_ids[i])`` (:func:`sample_generator`). Masks made
-        from them are the same for any batch size and any number of processes.
+        drawn from a generator seeded with ``(seed, sample_ids[i])`` (:func:`sample_generator`).
         """
         rows = [self.scores(1, grid, mask_ratio, "cpu", sample_generator(seed, i)) for i in sample_ids.tolist()]
         return torch.cat(rows) if rows else torch.empty(0, grid[0] * grid[1])

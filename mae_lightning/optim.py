@@ -101,7 +101,6 @@ class RunLength:
 
     epochs: float
     steps: int
-    steps_per_epoch: int
 
 
 def run_length(
@@ -125,7 +124,7 @@ def run_length(
     epochs = min(by_epochs, by_steps)
     if math.isinf(epochs):
         raise ValueError("the learning-rate schedule needs a run length: set trainer.max_epochs or trainer.max_steps")
-    return RunLength(epochs=float(epochs), steps=math.ceil(epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch)
+    return RunLength(epochs=float(epochs), steps=math.ceil(epochs * steps_per_epoch))
 
 
 def trainer_run_length(trainer) -> RunLength:

@@ -42,8 +42,7 @@ def knn_scores(
         exclude_self: the queries are the bank (M == N, same order): leave each sample out of its own vote.
         chunk_size: queries per block of the similarity matrix (bounds memory to chunk_size x N).
 
-    Returns:
-        (M, num_classes) scores; the prediction is their argmax.
+    Returns (M, num_classes) scores; the prediction is their argmax.
     """
     if exclude_self and queries.shape[0] != bank.shape[0]:
         raise ValueError("exclude_self needs the queries to be the bank")
@@ -70,15 +69,13 @@ class KNNMonitor(Callback):
 
     * ``val/knn_top1``: features of the unmasked validation images (cls token or mean of the patch
       tokens), each classified by its k nearest neighbours among the other validation images
-      (leave-one-out, cosine, k=20, T=0.07), gathered from every process.
+      (leave-one-out, cosine), gathered from every process.
     * ``val/online_linear_top1``: a linear layer trained on the detached features of the masked
       training forward pass (free: the encoder runs anyway), with its own AdamW, and evaluated on
       the masked features of the validation pass (the same fixed masks as ``val/loss``). Its gradients
       are averaged over processes, so every copy stays the same under DDP. It never touches the encoder.
 
-    The unmasked features are encoded through the strategy's wrapper on every process, so the monitor
-    works under DDP and FSDP alike.
-
+    The unmasked features are encoded through the strategy's wrapper, so the monitor works under DDP and FSDP.
     Samples with the label -1 (unlabelled data) are skipped; with no labels at all nothing is logged.
     Needs a pretraining module whose training and validation steps return ``{"loss", "latent"}`` and
     that has a ``forward_features(imgs) -> (N, 1 + L, D)`` method (:class:`~mae_lightning.MAEPretraining`).

@@ -50,11 +50,8 @@ def reconstruction_panels(
     std: tuple[float, ...] | None = None,
     forward: Callable[[Tensor, float, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
-    """Original, masked, reconstructed and pasted images in pixel space (0..1), and the pixel mask.
-
-    The predictions are mapped back to images by the model's own
-    :meth:`~mae_lightning.models.mae.MaskedAutoencoder.prediction_to_pixels`, the inverse of what it regresses
-    (with ``norm_pix_loss``: each patch un-normalised with the real patch's mean and variance).
+    """Original, masked, reconstructed (by the model's ``prediction_to_pixels``) and pasted images in pixel space
+    (0..1), and the pixel mask.
 
     Args:
         model: the masked autoencoder.
@@ -127,8 +124,7 @@ def panel_grid(panels: dict[str, Tensor], rgb_bands: Sequence[int] | None = None
 
     Args:
         panels: the :func:`reconstruction_panels` of (N, C, H, W) images.
-        rgb_bands: the bands drawn as red, green and blue, or one band drawn grey (0-based). Default:
-            the first three bands of data with 3 or more, the first band in grey otherwise.
+        rgb_bands: as :class:`ReconstructionCallback`'s.
         min_cell: images smaller than this many pixels a side are enlarged by a whole factor, nearest
             neighbour (each pixel a block, patches stay sharp), so that 32 px images are readable.
     """

@@ -125,11 +125,8 @@ def finetune_transform_array(
     random_erasing: float = 0.25,
     interpolation: str = "bilinear",
 ) -> v2.Compose:
-    """The fine-tuning augmentation without RandAugment (its colour operations need image values).
-
-    RandomResizedCrop + flip, per-band normalisation, then RandomErasing with per-pixel normal noise
-    in normalised units (timm's ``pixel`` mode), as for images.
-    """
+    """The fine-tuning augmentation without RandAugment (its colour operations need image values); random
+    erasing fills with per-pixel normal noise in normalised units (timm's ``pixel`` mode), as for images."""
     steps = [
         v2.RandomResizedCrop(img_size, scale=crop_scale, interpolation=INTERPOLATIONS[interpolation]),
         v2.RandomHorizontalFlip(),

@@ -213,17 +213,16 @@ class MAEDataModule(LightningDataModule):
     def use_statistics_of(self, path: str | os.PathLike) -> None:
         """Normalise array data with the statistics stored in the checkpoint at ``path``, when it holds them.
 
-        The module that starts from a weights file (``pretrained``, ``init_weights``) names it here, so a probe or
-        fine-tuning normalises as its pretraining did. The file is read when the statistics are resolved (see
-        :meth:`resolve_statistics`); one without stored statistics leaves them to be computed. The last call wins.
+        The module that starts from a weights file (``pretrained``, ``init_weights``) names it here. The file is read
+        by :meth:`resolve_statistics`; one without stored statistics leaves them to be computed. The last call wins.
         """
         self._statistics_checkpoint = Path(path)
 
     def resolve_statistics(self) -> None:
-        """Give array data its per-band mean and std, if it has none yet (see the class notes).
+        """Give array data its per-band mean and std, if it has none yet (``data/statistics.py``).
 
-        Called when a DataLoader is made: after Lightning has restored a checkpoint's (which it does
-        after ``setup``), before any worker starts. A script that reads the datasets directly calls it.
+        Called when a DataLoader is made: after Lightning has restored a checkpoint's (which it does after
+        ``setup``), before any worker starts. A script that reads the datasets directly calls it.
         """
         if self.file_kind != "array" or self.mean is not None:
             return

@@ -28,10 +28,6 @@ class FolderFiles:
     samples: list[tuple[str, int]]
     classes: list[str] = field(default_factory=list)
 
-    @property
-    def labelled(self) -> bool:
-        return bool(self.classes)
-
 
 def list_folder(root: Path) -> FolderFiles:
     """The data files under ``root`` (any image or array suffix), sorted, with labels from class sub-folders.

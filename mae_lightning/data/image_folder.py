@@ -145,7 +145,7 @@ class ImageFolderDataModule(MAEDataModule):
     @property
     def num_classes(self) -> int | None:
         """The class folders of the training folder (else of the validation folder), None when both are flat."""
-        labelled = [files for files in self._files.values() if files is not None and files.labelled]
+        labelled = [files for files in self._files.values() if files is not None and files.classes]
         return len(labelled[0].classes) if labelled else None
 
     def _split(self) -> dict[str, FolderFiles | None]:

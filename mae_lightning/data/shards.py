@@ -113,9 +113,7 @@ class StreamingDataModule(MAEDataModule):
         max_cache_size: str = "50GB",
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        if self.in_chans not in (1, 3, 4):
-            raise ValueError(f"shards hold image files, read as 1, 3 or 4 channels; got in_chans={self.in_chans}")
+        super().__init__(**kwargs)  # checks in_chans against the image files the shards hold
         self.set_decode(decode)
         self.root = str(root).rstrip("/")
         self.loader = self.pipeline.loader(self)

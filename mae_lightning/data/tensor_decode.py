@@ -73,13 +73,10 @@ def finetune_transform_uint8(
     rand_augment: tuple[int, int] = (2, 9),
     random_erasing: float = 0.25,
 ) -> v2.Compose:
-    """The steps of :func:`~mae_lightning.data.transforms.finetune_transform`, from a uint8 tensor to normalised floats.
+    """The steps of :func:`~mae_lightning.data.transforms.finetune_transform`: (C, H, W) uint8 -> (C, *img_size) float.
 
-    RandomResizedCrop (bicubic) + flip and RandAugment on uint8, then float in [0, 1], Normalize and
-    RandomErasing with per-pixel normal noise. torchvision warps tensors with nearest or bilinear
-    sampling only, so RandAugment's shears, translations and rotations are bilinear here (bicubic on PIL).
-
-    (C, H, W) uint8 -> (C, *img_size) float32; C is 1 or 3 (RandAugment's colour operations need it).
+    torchvision warps tensors with nearest or bilinear sampling only, so RandAugment's shears, translations and
+    rotations are bilinear here (bicubic on PIL). C is 1 or 3 (RandAugment's colour operations need it).
     """
     num_ops, magnitude = rand_augment
     steps = [
