@@ -111,12 +111,7 @@ def run_length(
     Lightning stops at whichever limit comes first, so a schedule stretched over ``max_epochs`` would never
     finish in a run cut short by ``max_steps`` (and the reverse). ``max_steps`` counts optimizer steps: with
     gradient accumulation an epoch of ``num_batches`` batches makes ``ceil(num_batches / accumulate)`` of them.
-
-    Args:
-        num_batches: training batches per epoch (after ``limit_train_batches``).
-        accumulate_grad_batches: batches accumulated into one optimizer step.
-        max_epochs: the trainer's epoch limit (None or -1: none).
-        max_steps: the trainer's optimizer-step limit (-1: none).
+    The arguments are the trainer's (``num_batches`` after ``limit_train_batches``); a limit of -1 or None is none.
     """
     steps_per_epoch = max(math.ceil(num_batches / accumulate_grad_batches), 1)
     by_epochs = max_epochs if max_epochs is not None and max_epochs >= 0 else math.inf
@@ -194,7 +189,7 @@ def param_groups_layer_decay(
         weight_decay: decay of the weight matrices.
         layer_decay: ratio of the lr of a layer to that of the layer above it (1.0 disables the decay).
         no_weight_decay: parameter names without weight decay besides the 1-D ones (``pos_embed``, ``cls_token``).
-        shapes: :func:`parameter_shapes` of the model before it was wrapped (None: the parameters' own shapes).
+        shapes: as in :func:`param_groups_weight_decay`.
     """
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")

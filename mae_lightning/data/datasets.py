@@ -131,15 +131,12 @@ class SkipUnreadable(Dataset):
     the data is broken rather than noisy, and reading stops with an error.
 
     Args:
-        dataset: a dataset with ``samples`` (paths, or (path, target) pairs) whose loader raises
-            :class:`UnreadableImageError`.
-        max_bad_fraction: share of unreadable files tolerated, in [0, 1].
+        dataset: a dataset with ``samples`` ((path, target) pairs) whose loader raises :class:`UnreadableImageError`.
+        max_bad_fraction: share of unreadable files tolerated, in [0, 1] (the DataModule checks it).
         kind: what the files are, in messages: ``"image"`` or ``"array"``.
     """
 
     def __init__(self, dataset: Dataset, max_bad_fraction: float, kind: str = "image") -> None:
-        if not 0 <= max_bad_fraction <= 1:
-            raise ValueError(f"max_bad_image_fraction must be in [0, 1], got {max_bad_fraction}")
         self.dataset = dataset
         self.max_bad_fraction = max_bad_fraction
         self.kind = kind
@@ -168,7 +165,7 @@ class SkipUnreadable(Dataset):
                 return self.dataset[candidate]
             except UnreadableImageError as err:
                 self._mark_bad(candidate, err)
-        raise RuntimeError(f"none of the {size} {self.kind} files can be read (first: {_path_of(self.dataset, 0)})")
+        raise RuntimeError(f"none of the {size} {self.kind} files can be read (first: {self.dataset.samples[0][0]})")
 
     def _mark_bad(self, index: int, err: UnreadableImageError) -> None:
         self.bad[index] = True
@@ -180,8 +177,3 @@ class SkipUnreadable(Dataset):
                 f"data.init_args.max_bad_image_fraction={self.max_bad_fraction}: fix or remove them, "
                 "or raise that setting (a value in [0, 1])"
             )
-
-
-def _path_of(dataset: Dataset, index: int) -> str:
-    sample = dataset.samples[index]  # type: ignore[attr-defined]
-    return sample if isinstance(sample, str) else sample[0]
