@@ -1,4 +1,5 @@
-"""Shared fixtures: image folders written with PIL, and a small real CIFAR-10 subset from the shared archive."""
+"""Shared fixtures: a run in the test's own folder, one torch thread, image folders written with PIL, a small real
+CIFAR-10 subset from the shared archive, and W&B's folders under the test's."""
 
 from __future__ import annotations
 
@@ -10,15 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# In CI the repository is a fresh clone with shared/ beside it; MAE_CIFAR10_JPEG overrides the location.
-DEFAULT_CIFAR10_JPEG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+from tests.helpers import CIFAR10_CLASSES, CIFAR10_TEST_PER_CLASS, CIFAR10_TRAIN_PER_CLASS, REPO
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR10_TRAIN_PER_CLASS = 200
-CIFAR10_TEST_PER_CLASS = 50
+# In CI the repository is a fresh clone with shared/ beside it; MAE_CIFAR10_JPEG overrides the location.
+DEFAULT_CIFAR10_JPEG = REPO.parent / "shared/data/cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture
+def run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Relative paths of the configs (runs/, data/) land in the test's own folder; main() gets its own arguments."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mae_lightning"])  # main() gets its arguments, not pytest's
+    return tmp_path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: a tiny model gains nothing from two, and loses a lot when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,39 +9,15 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MAEPretraining, VisionTransformer
+from mae_lightning import DigitsDataModule, FineTune, LinearProbe
 from mae_lightning.cli import main
 from mae_lightning.models import load_pretrained_encoder, mae_vit_tiny_patch4_32
 from mae_lightning.models.pos_embed import sincos_2d
-from tests.helpers import CONFIGS, QUICKSTART
+from tests.helpers import CONFIGS, DEBUG, QUICKSTART, QUIET, tiny_mae_checkpoint, tiny_vit
 
-DEBUG = str(CONFIGS / "presets" / "debug.yaml")
+pytestmark = pytest.mark.usefixtures("run_in_tmp")
+
 PREDICT = str(CONFIGS / "presets" / "predict.yaml")
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-@pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
-
-
-def tiny_vit(**kwargs) -> VisionTransformer:
-    args = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
-    return VisionTransformer(**{**args, **kwargs})
-
-
-def tiny_mae_checkpoint(path: Path) -> Path:
-    """A real MAEPretraining checkpoint of the tiny_vit encoder, after one training step."""
-    from mae_lightning import MaskedAutoencoder
-
-    mae = MaskedAutoencoder(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
-    trainer.fit(MAEPretraining(mae, warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
-    trainer.save_checkpoint(path)
-    return path
 
 
 def test_pretrained_encoder_weights_are_loaded_by_name(tmp_path):

@@ -13,12 +13,9 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
-from mae_lightning import DigitsDataModule, FineTune, LinearProbe, MaskedAutoencoder, VisionTransformer
+from mae_lightning import FineTune, LinearProbe, VisionTransformer
 from mae_lightning.cli import main
-from tests.helpers import CONFIGS
-from tests.test_classify import tiny_mae_checkpoint, tiny_vit
-
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+from tests.helpers import CONFIGS, QUIET, digits, tiny_mae, tiny_mae_checkpoint, tiny_vit
 
 
 def make_trainer(root: Path, **kwargs) -> Trainer:
@@ -26,13 +23,9 @@ def make_trainer(root: Path, **kwargs) -> Trainer:
     return Trainer(accelerator="cpu", **{**quiet, **kwargs})
 
 
-def digits() -> DigitsDataModule:
-    return DigitsDataModule(img_size=16, batch_size=64, num_workers=0)
-
-
 def validate(root: Path, module, **kwargs) -> dict[str, float]:
     """val/loss and val/top1 of a fresh Trainer's ``validate``."""
-    (metrics,) = make_trainer(root).validate(module, digits(), verbose=False, **kwargs)
+    (metrics,) = make_trainer(root).validate(module, digits(batch_size=64), verbose=False, **kwargs)
     return {key: metrics[key] for key in ("val/loss", "val/top1")}
 
 
@@ -57,7 +50,7 @@ def test_fine_tuned_checkpoint_validates_after_the_pretraining_file_is_gone(tmp_
     pretrained = tiny_mae_checkpoint(tmp_path / "mae.ckpt")
     module = FineTune(tiny_vit(), pretrained=str(pretrained), warmup_epochs=0)
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False)
-    trainer.fit(module, digits())
+    trainer.fit(module, digits(batch_size=64))
     finetuned = tmp_path / "finetuned.ckpt"
     trainer.save_checkpoint(finetuned)
     before = validate(tmp_path, module)
@@ -82,7 +75,7 @@ def test_published_classifier_is_evaluated_with_its_own_head(kind, tmp_path):
 
     metrics = validate(tmp_path, module)
 
-    data = digits()
+    data = digits(batch_size=64)
     data.setup("validate")
     batches = list(data.val_dataloader())
     imgs, targets = torch.cat([batch[0] for batch in batches]), torch.cat([batch[1] for batch in batches])
@@ -97,12 +90,13 @@ def test_published_classifier_is_evaluated_with_its_own_head(kind, tmp_path):
 
 
 def test_validating_a_pretraining_file_fails_with_one_line(tmp_path):
-    mae = MaskedAutoencoder(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    mae = tiny_mae(depth=2)
     path = tmp_path / "mae_visualize_vit_tiny.pth"
     torch.save({"model": mae.state_dict()}, path)
     with pytest.raises(ValueError, match="has no classification head") as info:
-        make_trainer(tmp_path).validate(FineTune(tiny_vit(), pretrained=str(path)), digits(), verbose=False)
+        make_trainer(tmp_path).validate(
+            FineTune(tiny_vit(), pretrained=str(path)), digits(batch_size=64), verbose=False
+        )
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "--ckpt_path" in message
 
@@ -111,19 +105,11 @@ def test_missing_pretrained_file_fails_before_the_first_step(tmp_path):
     module = FineTune(tiny_vit(), pretrained=str(tmp_path / "nowhere.ckpt"))  # building it reads nothing
     trainer = make_trainer(tmp_path, max_steps=1, enable_checkpointing=False)
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
-        trainer.fit(module, digits())
+        trainer.fit(module, digits(batch_size=64))
     assert trainer.global_step == 0
 
 
 # --------------------------------------------------------------------------- the quickstart's second step
-
-
-@pytest.fixture
-def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The configs' relative paths (runs/...) land in the test's folder; main() gets its own arguments."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["mae_lightning"])
-    return tmp_path
 
 
 def _quickstart_checkpoint() -> Path:
@@ -136,7 +122,7 @@ def _quickstart_checkpoint() -> Path:
 
 
 @pytest.mark.parametrize("evaluation", ["linprobe", "finetune"])
-def test_quickstart_checkpoint_is_probed_and_fine_tuned_by_its_path_alone(evaluation: str, in_tmp: Path, capsys):
+def test_quickstart_checkpoint_is_probed_and_fine_tuned_by_its_path_alone(evaluation: str, run_in_tmp: Path, capsys):
     """The evaluation configs state no encoder size: it comes from the checkpoint, offline."""
     checkpoint = _quickstart_checkpoint()
     config = str(CONFIGS / evaluation / "quickstart.yaml")
@@ -169,7 +155,7 @@ def test_quickstart_checkpoint_is_probed_and_fine_tuned_by_its_path_alone(evalua
     assert line.startswith("mae_lightning: error: pretrained checkpoint") and "cls_token" in line, line
 
 
-def test_classifier_without_size_or_checkpoint_says_what_is_missing(in_tmp: Path, capsys):
+def test_classifier_without_size_or_checkpoint_says_what_is_missing(run_in_tmp: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "linprobe" / "quickstart.yaml"), *QUIET,
               "--model.init_args.pretrained", "null", "--trainer.fast_dev_run", "true"])  # fmt: skip
@@ -178,7 +164,7 @@ def test_classifier_without_size_or_checkpoint_says_what_is_missing(in_tmp: Path
     assert "patch_size, embed_dim, depth, num_heads are not stated" in line
 
 
-def test_a_head_that_does_not_fit_the_data_stops_when_fitting_starts(in_tmp: Path, capsys, caplog):
+def test_a_head_that_does_not_fit_the_data_stops_when_fitting_starts(run_in_tmp: Path, capsys, caplog):
     """A 3-way head on the 10 digit classes would train (loss ln 3, labels past the head fail late): one line."""
     _quickstart_checkpoint()
     config = str(CONFIGS / "finetune" / "quickstart.yaml")

@@ -22,21 +22,9 @@ from PIL import Image
 from mae_lightning import MAEPretraining, MaskedAutoencoder
 from mae_lightning.cli import main
 from mae_lightning.models import presets
-from tests.helpers import CONFIGS, QUICKSTART
+from tests.helpers import CONFIGS, DEBUG, FAST, QUICKSTART
 
-DEBUG = str(CONFIGS / "presets" / "debug.yaml")
-
-# Keeps an in-process run short and quiet; goes after the --config files it overrides.
-FAST = [
-    "--data.init_args.num_workers",
-    "0",
-    "--data.init_args.batch_size",
-    "16",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-]
+pytestmark = pytest.mark.usefixtures("run_in_tmp")
 
 # The groups of YAML files in configs/ and how each is used (see test_every_config_belongs_to_a_group).
 TOP_LEVEL = sorted(CONFIGS.glob("*.yaml"))  # fit --config <file>
@@ -65,13 +53,6 @@ def imagenet_config(recipe: str, size: str) -> list[str]:
 
 def _rel(path: Path) -> str:
     return str(path.relative_to(CONFIGS))
-
-
-@pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Relative paths of the configs (runs/, data/) land in the test's own folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mae_lightning"])  # main() gets its arguments, not pytest's
 
 
 def print_config(capsys: pytest.CaptureFixture, *args: str) -> dict:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder
+from mae_lightning import DigitsDataModule, MAEPretraining
 from mae_lightning.export import export_encoder, main
 from mae_lightning.models import mae_vit_tiny_patch16
+from tests.helpers import tiny_mae
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -52,10 +53,7 @@ def test_export_command_loads_into_timm_vit_tiny_patch16_224(tmp_path, capsys):
 def test_trained_checkpoint_exports_for_a_custom_timm_vit(tmp_path):
     # A project checkpoint after real training steps: grayscale, non-square images.
     torch.manual_seed(0)
-    net = MaskedAutoencoder(
-        img_size=(16, 24), patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
-        decoder_depth=1, decoder_num_heads=2,
-    )  # fmt: skip
+    net = tiny_mae(img_size=(16, 24), depth=2)
     module = MAEPretraining(net, lr=1e-2, warmup_epochs=0)
     trainer = Trainer(
         accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 
@@ -15,12 +14,8 @@ from mae_lightning.callbacks.reconstruction import fixed_mask_noise
 from mae_lightning.cli import main
 from mae_lightning.masking import mask_from_scores, masking_order, num_kept, sample_generator
 from mae_lightning.ops import gather_tokens
-from tests.helpers import QUICKSTART
-
-TINY = dict(
-    patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-    decoder_num_heads=2,
-)  # fmt: skip
+from tests.helpers import QUICKSTART, tiny_mae
+from tests.reference import BEiTMaskingGenerator, official_random_masking
 
 GRIDS = [(8, 8), (4, 6), (7, 5), (14, 14), (3, 16)]
 RATIOS = [0.25, 0.4, 0.5, 0.75, 0.9]
@@ -55,7 +50,7 @@ def test_random_masking_is_the_official_uniform_draw():
 def test_training_masks_and_loss_are_bit_identical_to_uniform_noise(masking):
     """With no noise given the model draws torch.rand(N, L), exactly as before strategies existed."""
     torch.manual_seed(0)
-    model = MaskedAutoencoder(img_size=(16, 24), masking=masking, **TINY)
+    model = tiny_mae(img_size=(16, 24), masking=masking)
     imgs = torch.randn(4, 1, 16, 24)
     torch.manual_seed(1)
     loss, latent, _ = model.forward_train(imgs, 0.75)
@@ -79,20 +74,6 @@ def test_fixed_random_noise_is_the_per_sample_draw_of_earlier_runs():
 
 
 # ---------------------------------------------------------------------------- the official random_masking
-def official_random_masking(x, mask_ratio, noise):
-    """facebookresearch/mae models_mae.py random_masking, with the noise passed in."""
-    N, L, D = x.shape
-    len_keep = int(L * (1 - mask_ratio))
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :len_keep]
-    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
-    mask = torch.ones([N, L], device=x.device)
-    mask[:, :len_keep] = 0
-    mask = torch.gather(mask, dim=1, index=ids_restore)
-    return x_masked, mask, ids_restore
-
-
 def our_random_masking(x, mask_ratio, noise=None):
     """The official ``random_masking`` on tokens, by the model's one path: RandomMasking scores, mask_from_scores.
 
@@ -184,50 +165,6 @@ def test_grid_masking_refuses_what_is_not_a_regular_grid_in_one_line(grid, mask_
 
 
 # ---------------------------------------------------------------------------- BlockMasking: BEiT's blocks
-class BEiTMaskingGenerator:
-    """microsoft/unilm beit/masking_generator.py ``MaskingGenerator``, verbatim but for numpy's removed ``np.int``."""
-
-    def __init__(self, input_size, num_masking_patches, min_num_patches=4, max_num_patches=None, min_aspect=0.3):
-        self.height, self.width = input_size
-        self.num_masking_patches = num_masking_patches
-        self.min_num_patches = min_num_patches
-        self.max_num_patches = num_masking_patches if max_num_patches is None else max_num_patches
-        max_aspect = 1 / min_aspect
-        self.log_aspect_ratio = (math.log(min_aspect), math.log(max_aspect))
-
-    def _mask(self, mask, max_mask_patches):
-        delta = 0
-        for _ in range(10):
-            target_area = random.uniform(self.min_num_patches, max_mask_patches)
-            aspect_ratio = math.exp(random.uniform(*self.log_aspect_ratio))
-            h = int(round(math.sqrt(target_area * aspect_ratio)))
-            w = int(round(math.sqrt(target_area / aspect_ratio)))
-            if w < self.width and h < self.height:
-                top = random.randint(0, self.height - h)
-                left = random.randint(0, self.width - w)
-                num_masked = mask[top : top + h, left : left + w].sum()
-                if 0 < h * w - num_masked <= max_mask_patches:
-                    for i in range(top, top + h):
-                        for j in range(left, left + w):
-                            if mask[i, j] == 0:
-                                mask[i, j] = 1
-                                delta += 1
-                if delta > 0:
-                    break
-        return delta
-
-    def __call__(self):
-        mask = np.zeros(shape=(self.height, self.width), dtype=int)
-        mask_count = 0
-        while mask_count < self.num_masking_patches:
-            max_mask_patches = min(self.num_masking_patches - mask_count, self.max_num_patches)
-            delta = self._mask(mask, max_mask_patches)
-            if delta == 0:
-                break
-            mask_count += delta
-        return mask
-
-
 @pytest.mark.parametrize("grid,target", [((14, 14), 75), ((8, 12), 72)])
 def test_blocks_have_the_statistics_of_beits_generator(grid, target):
     """The same distribution as BEiT's (its own Python `random`, ours from torch): coverage, shape, placement."""
@@ -313,7 +250,7 @@ def test_fixed_scores_depend_on_the_sample_id_alone(strategy):
 
 
 def test_the_model_draws_fixed_noise_with_its_own_strategy():
-    model = MaskedAutoencoder(img_size=(16, 24), masking=BlockMasking(min_num_patches=2), **TINY)
+    model = tiny_mae(img_size=(16, 24), masking=BlockMasking(min_num_patches=2))
     ids = torch.arange(5)
     expected = BlockMasking(min_num_patches=2).fixed_scores(ids, (4, 6), 0.75, seed=1)
     assert torch.equal(model.fixed_noise(ids, 0.75, seed=1), expected)
@@ -325,7 +262,7 @@ def test_the_model_draws_fixed_noise_with_its_own_strategy():
 @pytest.mark.parametrize("strategy", [BlockMasking(), GridMasking()], ids=repr)
 def test_any_strategy_runs_through_both_forward_paths(strategy):
     torch.manual_seed(0)
-    model = MaskedAutoencoder(img_size=(16, 24), masking=strategy, **TINY)
+    model = tiny_mae(img_size=(16, 24), masking=strategy)
     imgs = torch.randn(6, 1, 16, 24)
     _, pred, mask = model(imgs, 0.75)
     assert pred.shape == (6, 24, 16)
@@ -338,8 +275,8 @@ def test_any_strategy_runs_through_both_forward_paths(strategy):
 
 
 def test_the_strategy_adds_nothing_to_the_state_dict():
-    plain = MaskedAutoencoder(img_size=16, **TINY)
-    blocks = MaskedAutoencoder(img_size=16, masking=BlockMasking(), **TINY)
+    plain = tiny_mae()
+    blocks = tiny_mae(masking=BlockMasking())
     assert list(blocks.state_dict()) == list(plain.state_dict())
     blocks.load_state_dict(plain.state_dict(), strict=True)
     assert isinstance(plain.masking, RandomMasking)

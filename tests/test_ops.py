@@ -1,11 +1,11 @@
 """Exact tests of the shape primitives against the official MAE formulas."""
 
-import numpy as np
 import pytest
 import torch
 
 from mae_lightning.models.pos_embed import sincos_2d
 from mae_lightning.ops import grid_size, patchify, pool_tokens, unpatchify
+from tests.reference import official_2d_sincos
 
 
 # ---------------------------------------------------------------------------- patches
@@ -65,27 +65,6 @@ def test_pool_tokens_takes_the_cls_token_or_the_mean_of_the_others():
 
 
 # ---------------------------------------------------------------------------- sin-cos tables
-def official_2d_sincos(embed_dim, grid_size_, cls_token=False):
-    """facebookresearch/mae util/pos_embed.py, verbatim in numpy (square grids only)."""
-
-    def one_d(dim, pos):
-        omega = np.arange(dim // 2, dtype=np.float64)
-        omega /= dim / 2.0
-        omega = 1.0 / 10000**omega
-        pos = pos.reshape(-1)
-        out = np.einsum("m,d->md", pos, omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-    grid_h = np.arange(grid_size_, dtype=np.float32)
-    grid_w = np.arange(grid_size_, dtype=np.float32)
-    grid = np.meshgrid(grid_w, grid_h)
-    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size_, grid_size_])
-    emb = np.concatenate([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], axis=1)
-    if cls_token:
-        emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
-    return emb
-
-
 @pytest.mark.parametrize("dim,grid", [(768, 14), (512, 14), (192, 8), (16, 3)])
 def test_sincos_table_equals_official(dim, grid):
     ours = sincos_2d(dim, (grid, grid), cls_token=True)

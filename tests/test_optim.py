@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from mae_lightning.models import MaskedAutoencoder
 from mae_lightning.optim import (
     param_groups_weight_decay,
     parameter_shapes,
@@ -15,19 +14,11 @@ from mae_lightning.optim import (
     unwrapped_name,
     warmup_cosine_lr,
 )
+from tests.helpers import tiny_mae
 
 
 def test_no_decay_on_biases_and_norms_decay_on_matrices_and_tokens():
-    model = MaskedAutoencoder(
-        img_size=8,
-        patch_size=4,
-        embed_dim=8,
-        depth=1,
-        num_heads=2,
-        decoder_embed_dim=8,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
+    model = tiny_mae(img_size=8, in_chans=3, embed_dim=8, decoder_embed_dim=8)
     no_decay, decay = param_groups_weight_decay(model, 0.05)
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
     names = {id(p): n for n, p in model.named_parameters()}

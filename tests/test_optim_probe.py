@@ -3,21 +3,8 @@
 import pytest
 import torch
 
-from mae_lightning.models import VisionTransformer
 from mae_lightning.optim import LARS, layer_id_for_vit, param_groups_layer_decay
-
-
-def tiny_vit(depth: int = 3, global_pool: bool = True) -> VisionTransformer:
-    return VisionTransformer(
-        img_size=8,
-        patch_size=4,
-        in_chans=1,
-        num_classes=5,
-        embed_dim=8,
-        depth=depth,
-        num_heads=2,
-        global_pool=global_pool,
-    )
+from tests.helpers import tiny_vit
 
 
 def test_layer_ids_follow_the_official_rule():
@@ -31,7 +18,7 @@ def test_layer_ids_follow_the_official_rule():
 
 
 def test_layer_decay_groups_scales_and_weight_decay():
-    model = tiny_vit(depth=3)
+    model = tiny_vit(img_size=8, num_classes=5, embed_dim=8, depth=3)
     groups = param_groups_layer_decay(
         model, weight_decay=0.05, layer_decay=0.5, no_weight_decay=model.no_weight_decay()
     )
@@ -57,7 +44,7 @@ def test_layer_decay_groups_scales_and_weight_decay():
 
 
 def test_layer_decay_leaves_frozen_parameters_out_and_rejects_bad_decay():
-    model = tiny_vit(depth=2)
+    model = tiny_vit(img_size=8, num_classes=5, embed_dim=8, depth=2)
     model.blocks[0].requires_grad_(False)
     groups = param_groups_layer_decay(model, layer_decay=0.75)
     assert not any(name.startswith("layer_1_") for name in (g["name"] for g in groups))

@@ -8,23 +8,9 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder, ReconstructionCallback
+from mae_lightning import MAEPretraining, MaskedAutoencoder, ReconstructionCallback
 from mae_lightning.optim import warmup_cosine_lr
-
-
-def small_model_kwargs():
-    return dict(
-        img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-        decoder_depth=1, decoder_num_heads=2,
-    )  # fmt: skip
-
-
-def small_model():
-    return MaskedAutoencoder(**small_model_kwargs())
-
-
-def digits(batch_size=16):
-    return DigitsDataModule(img_size=16, batch_size=batch_size, num_workers=0)
+from tests.helpers import TINY_MAE, digits, tiny_mae
 
 
 def trainer(tmp_path, **kwargs):
@@ -46,7 +32,7 @@ class RecordLR(Callback):
 
 def test_lr_is_scaled_by_effective_batch_and_follows_warmup_cosine_per_step(tmp_path):
     torch.manual_seed(0)
-    module = MAEPretraining(small_model(), base_lr=1e-3, min_lr=1e-5, warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(), base_lr=1e-3, min_lr=1e-5, warmup_epochs=1)
     record = RecordLR()
     trainer(tmp_path, accumulate_grad_batches=2, callbacks=[record]).fit(module, digits(batch_size=16))
     assert module.effective_batch_size == 16 * 1 * 2
@@ -62,13 +48,13 @@ def test_lr_is_scaled_by_effective_batch_and_follows_warmup_cosine_per_step(tmp_
 
 
 def test_absolute_lr_overrides_scaling(tmp_path):
-    module = MAEPretraining(small_model(), lr=3e-3, warmup_epochs=0)
+    module = MAEPretraining(tiny_mae(), lr=3e-3, warmup_epochs=0)
     trainer(tmp_path, max_epochs=1).fit(module, digits())
     assert module.peak_lr == 3e-3
 
 
 def test_logs_loss_lr_and_throughput(tmp_path):
-    module = MAEPretraining(small_model(), warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(), warmup_epochs=1)
     logger = CSVLogger(tmp_path, name="run")
     trainer(tmp_path, logger=logger, log_every_n_steps=1).fit(module, digits())
     with open(logger.log_dir + "/metrics.csv") as f:
@@ -83,7 +69,7 @@ def test_logs_loss_lr_and_throughput(tmp_path):
 
 def test_validation_loss_uses_the_same_masks_every_time(tmp_path):
     torch.manual_seed(0)
-    module = MAEPretraining(small_model())
+    module = MAEPretraining(tiny_mae())
     data = digits()
     t = trainer(tmp_path)
     first = t.validate(module, data, verbose=False)[0]["val/loss"]
@@ -94,32 +80,32 @@ def test_validation_loss_uses_the_same_masks_every_time(tmp_path):
 
 
 def test_resuming_with_another_effective_batch_says_so(tmp_path):
-    module = MAEPretraining(small_model(), warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(), warmup_epochs=1)
     checkpoint = tmp_path / "run.ckpt"
     t = trainer(tmp_path, max_epochs=1)
     t.fit(module, digits(batch_size=16))
     t.save_checkpoint(checkpoint)
 
-    resumed = MAEPretraining(small_model(), warmup_epochs=1)
+    resumed = MAEPretraining(tiny_mae(), warmup_epochs=1)
     with pytest.warns(UserWarning, match=r"effective batch size 8, but the checkpoint was trained with 16"):
         trainer(tmp_path, max_epochs=2).fit(resumed, digits(batch_size=8), ckpt_path=checkpoint)
     assert resumed.peak_lr == pytest.approx(1.5e-4 * 8 / 256)
 
 
 def test_module_built_in_python_reloads_with_the_model_passed_again(tmp_path):
-    module = MAEPretraining(small_model(), mask_ratio=0.6, warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(), mask_ratio=0.6, warmup_epochs=1)
     assert "model" not in module.hparams and module.hparams["mask_ratio"] == 0.6
     t = trainer(tmp_path, max_epochs=1)
     t.fit(module, digits())
     t.save_checkpoint(tmp_path / "run.ckpt")
-    loaded = MAEPretraining.load_from_checkpoint(tmp_path / "run.ckpt", model=small_model())
+    loaded = MAEPretraining.load_from_checkpoint(tmp_path / "run.ckpt", model=tiny_mae())
     assert loaded.mask_ratio == 0.6
     for key, value in module.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
 
 
 def test_predict_returns_unmasked_embeddings_with_targets(tmp_path):
-    module = MAEPretraining(small_model())
+    module = MAEPretraining(tiny_mae())
     batches = trainer(tmp_path, limit_predict_batches=2).predict(module, digits())
     assert len(batches) == 2
     assert batches[0]["cls"].shape == (16, 32) and batches[0]["mean"].shape == (16, 32)
@@ -128,18 +114,18 @@ def test_predict_returns_unmasked_embeddings_with_targets(tmp_path):
 
 def test_constructor_rejects_bad_settings():
     with pytest.raises(ValueError, match="mask_ratio must be in the open interval"):
-        MAEPretraining(small_model(), mask_ratio=1.0)
+        MAEPretraining(tiny_mae(), mask_ratio=1.0)
     with pytest.raises(ValueError, match="base_lr must be positive, got 0"):
-        MAEPretraining(small_model(), base_lr=0)
+        MAEPretraining(tiny_mae(), base_lr=0)
     with pytest.raises(ValueError, match="lr must be positive, got -1"):
-        MAEPretraining(small_model(), lr=-1)
+        MAEPretraining(tiny_mae(), lr=-1)
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_schedule_ends_where_max_steps_ends_the_run(tmp_path, accumulate):
     """max_steps stops the run before max_epochs: warmup and cosine play out over the steps that are trained."""
     torch.manual_seed(0)
-    module = MAEPretraining(small_model(), base_lr=1e-3, min_lr=1e-5, warmup_epochs=0.5)
+    module = MAEPretraining(tiny_mae(), base_lr=1e-3, min_lr=1e-5, warmup_epochs=0.5)
     record = RecordLR()
     # 6 batches per epoch = 6 / accumulate optimizer steps; max_epochs=10 would be the schedule's end before.
     run = trainer(tmp_path, max_epochs=10, max_steps=7, limit_train_batches=6, accumulate_grad_batches=accumulate)
@@ -161,7 +147,7 @@ def test_schedule_ends_where_max_steps_ends_the_run(tmp_path, accumulate):
 
 def test_val_loss_does_not_depend_on_the_batch_size(tmp_path):
     torch.manual_seed(0)
-    module = MAEPretraining(small_model())
+    module = MAEPretraining(tiny_mae())
     losses = []
     for batch_size in (8, 16):
         (result,) = trainer(tmp_path, limit_val_batches=4 * 16 // batch_size).validate(
@@ -192,7 +178,7 @@ class RisingMaskRatio(MAEPretraining):
 
 
 def test_a_training_mask_ratio_schedule_leaves_validation_and_the_pictures_at_the_evaluation_ratio(tmp_path):
-    model = RatioRecordingAutoencoder(**small_model_kwargs())
+    model = RatioRecordingAutoencoder(**TINY_MAE)
     model.ratios = []
     module = RisingMaskRatio(model, mask_ratio=0.75, warmup_epochs=0)
     callback = ReconstructionCallback(num_images=2, dirpath=str(tmp_path / "pictures"))
@@ -206,21 +192,21 @@ def test_a_training_mask_ratio_schedule_leaves_validation_and_the_pictures_at_th
 
 def test_evaluation_mask_ratio_is_its_own_setting_and_old_checkpoints_load(tmp_path):
     torch.manual_seed(0)
-    module = MAEPretraining(small_model(), mask_ratio=0.75, eval_mask_ratio=0.5)
+    module = MAEPretraining(tiny_mae(), mask_ratio=0.75, eval_mask_ratio=0.5)
     t = trainer(tmp_path, max_epochs=1)
     half = t.validate(module, digits(), verbose=False)[0]["val/loss"]
     module.eval_mask_ratio = 0.75
     assert t.validate(module, digits(), verbose=False)[0]["val/loss"] != half
     with pytest.raises(ValueError, match="mask_ratio must be in the open interval"):
-        MAEPretraining(small_model(), eval_mask_ratio=1.0)
+        MAEPretraining(tiny_mae(), eval_mask_ratio=1.0)
 
     # A checkpoint written before the setting existed has no eval_mask_ratio: it evaluates at its mask_ratio.
-    default = MAEPretraining(small_model(), mask_ratio=0.6)
+    default = MAEPretraining(tiny_mae(), mask_ratio=0.6)
     assert default.eval_mask_ratio == 0.6
     t.fit(default, digits())
     t.save_checkpoint(tmp_path / "run.ckpt")
     checkpoint = torch.load(tmp_path / "run.ckpt", weights_only=False)
     del checkpoint["hyper_parameters"]["eval_mask_ratio"]
     torch.save(checkpoint, tmp_path / "old.ckpt")
-    loaded = MAEPretraining.load_from_checkpoint(tmp_path / "old.ckpt", model=small_model())
+    loaded = MAEPretraining.load_from_checkpoint(tmp_path / "old.ckpt", model=tiny_mae())
     assert (loaded.mask_ratio, loaded.eval_mask_ratio) == (0.6, 0.6)

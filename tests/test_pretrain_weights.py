@@ -13,22 +13,10 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder
+from mae_lightning import MAEPretraining, MaskedAutoencoder
 from mae_lightning.checkpoint import ENCODER_KEYS
 from mae_lightning.cli import main
-from tests.helpers import REPO
-
-
-def small_model(seed: int = 0, img_size: int = 16) -> MaskedAutoencoder:
-    torch.manual_seed(seed)
-    return MaskedAutoencoder(
-        img_size=img_size, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-        decoder_depth=1, decoder_num_heads=2,
-    )  # fmt: skip
-
-
-def digits(batch_size: int = 16, img_size: int = 16) -> DigitsDataModule:
-    return DigitsDataModule(img_size=img_size, batch_size=batch_size, num_workers=0)
+from tests.helpers import REPO, digits, tiny_mae
 
 
 def trainer(tmp_path: Path, **kwargs) -> Trainer:
@@ -58,10 +46,10 @@ def assert_same(got: dict, want: dict, keys) -> None:
 
 
 def test_continues_from_an_official_full_file(tmp_path):
-    source = small_model(seed=0).state_dict()
+    source = tiny_mae(seed=0).state_dict()
     path = tmp_path / "mae_full.pth"
     torch.save({"model": source}, path)
-    module = MAEPretraining(small_model(seed=1), init_weights=str(path), warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(seed=1), init_weights=str(path), warmup_epochs=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="init_weights")
         start = fit_and_capture(tmp_path, module)
@@ -69,10 +57,10 @@ def test_continues_from_an_official_full_file(tmp_path):
 
 
 def test_continues_from_an_official_encoder_file_with_a_fresh_decoder(tmp_path):
-    source = small_model(seed=0).state_dict()
+    source = tiny_mae(seed=0).state_dict()
     path = tmp_path / "mae_pretrain.pth"
     torch.save({"model": {k: v for k, v in source.items() if k.startswith(ENCODER_KEYS)}}, path)
-    fresh = small_model(seed=1)
+    fresh = tiny_mae(seed=1)
     fresh_state = {k: v.clone() for k, v in fresh.state_dict().items()}
     module = MAEPretraining(fresh, init_weights=str(path), warmup_epochs=1)
     with warnings.catch_warnings():
@@ -86,41 +74,41 @@ def test_continues_from_an_official_encoder_file_with_a_fresh_decoder(tmp_path):
 
 
 def test_a_finetuned_file_warns_with_the_keys_it_could_not_use(tmp_path):
-    state = {k: v for k, v in small_model(seed=0).state_dict().items() if k.startswith(ENCODER_KEYS)}
+    state = {k: v for k, v in tiny_mae(seed=0).state_dict().items() if k.startswith(ENCODER_KEYS)}
     state["head.weight"], state["head.bias"] = torch.zeros(10, 32), torch.zeros(10)
     path = tmp_path / "mae_finetuned.pth"
     torch.save({"model": state}, path)
-    module = MAEPretraining(small_model(seed=1), init_weights=str(path), warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(seed=1), init_weights=str(path), warmup_epochs=1)
     expected = r"init_weights: .*unexpected in the file \(ignored\): head\.weight, head\.bias"
     with pytest.warns(UserWarning, match=expected):
         fit_and_capture(tmp_path, module)
 
 
 def test_a_resumed_checkpoint_wins_over_init_weights(tmp_path):
-    first = MAEPretraining(small_model(seed=2), warmup_epochs=1)
+    first = MAEPretraining(tiny_mae(seed=2), warmup_epochs=1)
     t = trainer(tmp_path)
     t.fit(first, digits())
     t.save_checkpoint(tmp_path / "run.ckpt")
-    torch.save({"model": small_model(seed=0).state_dict()}, tmp_path / "full.pth")
+    torch.save({"model": tiny_mae(seed=0).state_dict()}, tmp_path / "full.pth")
 
-    resumed = MAEPretraining(small_model(seed=1), init_weights=str(tmp_path / "full.pth"), warmup_epochs=1)
+    resumed = MAEPretraining(tiny_mae(seed=1), init_weights=str(tmp_path / "full.pth"), warmup_epochs=1)
     start = fit_and_capture(tmp_path, resumed, max_epochs=2, ckpt_path=str(tmp_path / "run.ckpt"))
     trained = first.model.state_dict()
     assert_same(start, trained, trained.keys())
 
 
 def test_continues_from_a_project_checkpoint(tmp_path):
-    first = MAEPretraining(small_model(seed=2), warmup_epochs=1)
+    first = MAEPretraining(tiny_mae(seed=2), warmup_epochs=1)
     t = trainer(tmp_path)
     t.fit(first, digits())
     t.save_checkpoint(tmp_path / "run.ckpt")
     # A larger resolution: the sin-cos tables are recomputed, every other tensor carries over.
-    module = MAEPretraining(small_model(seed=1, img_size=24), init_weights=str(tmp_path / "run.ckpt"))
+    module = MAEPretraining(tiny_mae(seed=1, img_size=24), init_weights=str(tmp_path / "run.ckpt"))
     capture = WeightsAtStart()
     trainer(tmp_path, callbacks=[capture]).fit(module, digits(img_size=24))
     trained = first.model.state_dict()
     assert_same(capture.state, trained, [k for k in trained if not k.endswith("pos_embed")])
-    assert torch.equal(capture.state["pos_embed"], small_model(img_size=24).pos_embed)
+    assert torch.equal(capture.state["pos_embed"], tiny_mae(seed=0, img_size=24).pos_embed)
 
 
 def test_init_weights_from_the_command_line(tmp_path, monkeypatch):
@@ -142,7 +130,7 @@ def test_init_weights_from_the_command_line(tmp_path, monkeypatch):
 
 
 def test_effective_batch_and_lr_are_logged_as_metrics_and_hyperparameters(tmp_path):
-    module = MAEPretraining(small_model(), base_lr=1e-3, warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(seed=0), base_lr=1e-3, warmup_epochs=1)
     logger = CSVLogger(tmp_path, name="run")
     trainer(tmp_path, logger=logger, accumulate_grad_batches=2, limit_train_batches=4).fit(module, digits(16))
     peak = 1e-3 * 32 / 256
@@ -158,20 +146,20 @@ def test_effective_batch_and_lr_are_logged_as_metrics_and_hyperparameters(tmp_pa
 
 
 def test_compile_switch_compiles_the_model_in_place(tmp_path):
-    module = MAEPretraining(small_model(), compile=True)
+    module = MAEPretraining(tiny_mae(seed=0), compile=True)
     keys = list(module.state_dict())
     module.configure_model()
     assert module.model._compiled_call_impl is not None
     # the training step's entry point (forward_train) is compiled too
     assert getattr(module._forward_train, "_torchdynamo_orig_callable", None) is not None
     assert list(module.state_dict()) == keys  # no `_orig_mod.` in checkpoints
-    assert MAEPretraining(small_model()).compile_model is False
+    assert MAEPretraining(tiny_mae(seed=0)).compile_model is False
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_on_cpu(tmp_path):
     torch.manual_seed(0)
-    module = MAEPretraining(small_model(), compile=True, warmup_epochs=1)
+    module = MAEPretraining(tiny_mae(seed=0), compile=True, warmup_epochs=1)
     t = trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
     t.fit(module, digits())
     assert module.model._compiled_call_impl is not None

@@ -21,15 +21,7 @@ from mae_lightning.callbacks.reconstruction import (
     reconstruction_panels,
 )
 from mae_lightning.ops import patchify, unpatchify
-
-SMALL = dict(
-    img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-    decoder_depth=1, decoder_num_heads=2,
-)  # fmt: skip
-
-
-def small_model(norm_pix_loss=False):
-    return MaskedAutoencoder(**SMALL, norm_pix_loss=norm_pix_loss)
+from tests.helpers import TINY_MAE, tiny_mae
 
 
 def trainer(tmp_path, callbacks, **kwargs):
@@ -76,7 +68,7 @@ def test_knn_leave_one_out_excludes_the_sample_itself():
 def test_knn_monitor_logs_knn_and_online_probe_each_validation_epoch(tmp_path):
     monitor = KNNMonitor(num_classes=10, k=5)
     run = trainer(tmp_path, [monitor], max_epochs=2, limit_val_batches=4)
-    module = MAEPretraining(small_model(), warmup_epochs=0)
+    module = MAEPretraining(tiny_mae(), warmup_epochs=0)
     run.fit(module, DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
     metrics = run.callback_metrics
     assert 0.0 <= float(metrics["val/knn_top1"]) <= 1.0
@@ -97,7 +89,7 @@ def test_knn_monitor_logs_knn_and_online_probe_each_validation_epoch(tmp_path):
 def test_knn_monitor_state_survives_a_checkpoint(tmp_path):
     monitor = KNNMonitor(num_classes=10)
     run = trainer(tmp_path, [monitor], enable_checkpointing=True)
-    run.fit(MAEPretraining(small_model(), warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
+    run.fit(MAEPretraining(tiny_mae(), warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
     ckpt = next(tmp_path.rglob("*.ckpt"))
     state = torch.load(ckpt, weights_only=False)["callbacks"]
     saved = next(v for k, v in state.items() if k.startswith("KNNMonitor"))
@@ -124,7 +116,7 @@ def _cell(image: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
 def test_reconstruction_pngs_show_masked_and_pasted_images(tmp_path, norm_pix_loss):
     callback = ReconstructionCallback(num_images=3, every_n_epochs=1, mask_seed=7)
     run = trainer(tmp_path, [callback], max_epochs=2)
-    module = MAEPretraining(small_model(norm_pix_loss), warmup_epochs=0)
+    module = MAEPretraining(tiny_mae(norm_pix_loss=norm_pix_loss), warmup_epochs=0)
     data = DigitsDataModule(img_size=16, batch_size=16, num_workers=0)
     run.fit(module, data)
     folder = tmp_path / "lightning_logs/version_0/reconstructions"
@@ -165,7 +157,7 @@ def test_reconstruction_pngs_show_masked_and_pasted_images(tmp_path, norm_pix_lo
 def test_reconstruction_every_n_epochs(tmp_path):
     callback = ReconstructionCallback(num_images=2, every_n_epochs=2)
     run = trainer(tmp_path, [callback], max_epochs=3, limit_train_batches=1, limit_val_batches=1)
-    run.fit(MAEPretraining(small_model(), warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
+    run.fit(MAEPretraining(tiny_mae(), warmup_epochs=0), DigitsDataModule(img_size=16, batch_size=16, num_workers=0))
     folder = tmp_path / "lightning_logs/version_0/reconstructions"
     assert sorted(p.name for p in folder.iterdir()) == ["epoch=0001.png"]
 
@@ -208,7 +200,7 @@ def test_a_model_with_another_target_trains_and_draws_through_its_own_inverse(tm
     callback = ReconstructionCallback(num_images=3, mask_seed=7)
     run = trainer(tmp_path, [callback])
     torch.manual_seed(0)
-    model = PooledTargetAutoencoder(**SMALL)
+    model = PooledTargetAutoencoder(**TINY_MAE)
     data = DigitsDataModule(img_size=16, batch_size=16, num_workers=0)
     run.fit(MAEPretraining(model, warmup_epochs=0), data)
     assert model.decoder_pred.out_features == 2 * 2 * 1  # the pixel head is sized by the target

@@ -19,21 +19,18 @@ import tifffile
 import torch
 from lightning.pytorch import Trainer
 
-from mae_lightning import ImageFolderDataModule, LinearProbe, ReconstructionCallback, VisionTransformer
+from mae_lightning import ImageFolderDataModule, LinearProbe, ReconstructionCallback
 from mae_lightning.callbacks.reconstruction import panel_grid, picture_statistics, reconstruction_panels, to_uint8
 from mae_lightning.cli import main
 from mae_lightning.data.arrays import ReadArray
 from mae_lightning.data.datasets import FileList, UnreadableImageError
 from mae_lightning.data.statistics import band_statistics
-from tests.helpers import QUICKSTART, REPO
+from tests.helpers import QUICKSTART, QUIET, REPO, tiny_model_args, tiny_vit
+
+pytestmark = pytest.mark.usefixtures("run_in_tmp")
 
 MULTISPECTRAL = str(REPO / "configs" / "multispectral_example.yaml")
 LOADER = {"num_workers": 0, "pin_memory": False}
-TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1}
-TINY_MODEL = [f"--model.init_args.model.init_args.{k}={v}" for k, v in TINY.items()] + [
-    "--model.init_args.model.init_args.decoder_num_heads=2"
-]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def band_array(bands: int, seed: int, size: tuple[int, int] = (20, 24)) -> np.ndarray:
@@ -72,12 +69,6 @@ def class_folder(root: Path, bands: int, per_class: int, suffix: str = ".npy", c
     return root
 
 
-@pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
-
-
 def fit_args(root: Path, in_chans: int, *extra: str) -> list[str]:
     return [
         "fit",
@@ -93,7 +84,7 @@ def fit_args(root: Path, in_chans: int, *extra: str) -> list[str]:
         "16",
         "--data.init_args.num_workers",
         "0",
-        *TINY_MODEL,
+        *tiny_model_args(),
         *QUIET,
         "--trainer.max_epochs",
         "1",
@@ -312,9 +303,7 @@ def test_statistics_handed_over_from_a_checkpoint_are_used_and_a_file_without_th
 def test_a_linear_probe_normalises_as_its_pretraining_did(npy_run):
     """The probe's DataModule finds the statistics in the ``pretrained`` checkpoint instead of computing them."""
     stored = torch.load(npy_run.checkpoint, map_location="cpu", weights_only=True)["ImageFolderDataModule"]
-    encoder = VisionTransformer(
-        img_size=16, patch_size=4, in_chans=6, num_classes=2, embed_dim=32, depth=1, num_heads=2
-    )
+    encoder = tiny_vit(in_chans=6, num_classes=2, depth=1)
     probe = LinearProbe(encoder, pretrained=str(npy_run.checkpoint), warmup_epochs=0)
     dm = ImageFolderDataModule(
         npy_run.root, in_chans=6, img_size=16, batch_size=8, stats_files=1, max_bad_image_fraction=0.3, **LOADER
@@ -348,7 +337,7 @@ def test_a_13_band_tif_folder_pretrains_with_the_multispectral_config(tmp_path):
             "--data.init_args.num_workers",
             "0",
             "--model.init_args.model.init_args.patch_size=4",
-            *TINY_MODEL,
+            *tiny_model_args(),
             "--trainer.precision",
             "32-true",
             "--trainer.accelerator",

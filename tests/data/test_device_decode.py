@@ -14,9 +14,10 @@ import torch
 from lightning.pytorch import Trainer
 from PIL import Image
 
-from mae_lightning import ImageFolderDataModule, MAEPretraining, MaskedAutoencoder
+from mae_lightning import ImageFolderDataModule, MAEPretraining
 from mae_lightning.data.device_decode import DeferredCrop, ReadBytes, collate_deferred, decode_batch
 from mae_lightning.data.tensor_decode import ReadImageUint8, eval_transform_uint8, pretrain_transform_uint8
+from tests.helpers import tiny_mae
 
 SIZE = (24, 24)
 
@@ -74,8 +75,7 @@ def test_a_deferred_decode_data_module_trains_through_lightning(tmp_path, monkey
             root=tmp_path, img_size=16, decode="gpu", batch_size=4, num_workers=1, pin_memory=False
         )
     model = MAEPretraining(
-        MaskedAutoencoder(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-                          decoder_depth=1, decoder_num_heads=2),
+        tiny_mae(in_chans=3),
         warmup_epochs=0,
     )  # fmt: skip
     trainer = Trainer(

@@ -7,13 +7,11 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 
 from mae_lightning import ImageFolderDataModule
 from mae_lightning.cli import main
-from tests.conftest import CIFAR10_CLASSES, CIFAR10_TEST_PER_CLASS, CIFAR10_TRAIN_PER_CLASS
-from tests.helpers import CONFIGS
+from tests.helpers import CIFAR10_CLASSES, CIFAR10_TEST_PER_CLASS, CIFAR10_TRAIN_PER_CLASS, CONFIGS
 
 CONFIG = CONFIGS / "quickstart.yaml"
 
@@ -38,15 +36,6 @@ def test_cifar10_jpeg_folders_give_labelled_rgb_batches(cifar10_subset):
     assert counts == {label: CIFAR10_TEST_PER_CLASS for label in range(10)}
     # Normalised with the ImageNet statistics: real photographs come out roughly centred.
     assert abs(torch.cat([batch[0] for batch in val]).mean().item()) < 0.5
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread: a tiny model gains nothing from two, and loses a lot when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_short_pretraining_run_on_real_images_lowers_the_loss(cifar10_subset, tmp_path, monkeypatch, one_torch_thread):

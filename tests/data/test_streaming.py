@@ -18,7 +18,7 @@ from mae_lightning.cli import main
 from mae_lightning.data.resumable import ResumableSampler
 from mae_lightning.data.shards import open_shards
 from mae_lightning.prepare import main as prepare_main
-from tests.end_to_end.test_distributed import clean_env, read_losses, resumable_run, run_cli, tiny_run
+from tests.helpers import clean_env, read_losses, resumable_run, run_cli, tiny_run
 
 CLASSES = ("cat", "dog")
 TRAIN_PER_CLASS = 32

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,35 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO, TESTS
+from tests.helpers import DDP, TESTS, clean_env, read_losses, resumable_run, run_cli, tiny_run, tiny_vit
 
 SCRIPT = TESTS / "ddp_run.py"
 BATCH, STEPS, BASE_LR = 4, 3, 2e-2
-
-
-def clean_env() -> dict[str, str]:
-    """The environment of a fresh multi-process start: the project and tests/ importable, one thread per process."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(TESTS), os.environ.get("PYTHONPATH")])),
-    }
-    env["OMP_NUM_THREADS"] = "1"  # the processes share the cores
-    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(name, None)  # a clean start, whatever launched pytest
-    return env
-
-
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m mae_lightning <args>`` in ``cwd``; a collective call on one rank only hangs until the timeout."""
-    command = [sys.executable, "-m", "mae_lightning", *args]
-    result = subprocess.run(command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def read_losses(path: Path) -> dict[int, str]:
-    """step -> exact loss text of a ``cli_plugins.PerRankLosses`` file."""
-    return {int(step): loss for step, loss in (line.split() for line in path.read_text().splitlines())}
 
 
 def metrics(log_dir: Path) -> list[dict[str, str]]:
@@ -105,29 +79,6 @@ def test_two_process_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
     assert sorted(set(single["state_dict"]) - set(moved)) == ["decoder_pos_embed", "pos_embed"]
 
 
-def tiny_run(data: str, trainer: str, model_args: str = "warmup_epochs: 0") -> str:
-    """A run config: a 2-block MAE on 16 px images, the given data and trainer sections (YAML text)."""
-    return f"""
-seed_everything: 0
-model:
-  class_path: mae_lightning.MAEPretraining
-  init_args:
-    model:
-      class_path: mae_lightning.MaskedAutoencoder
-      init_args: {{patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2,
-                  decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 2}}
-    {model_args}
-data:
-{data}
-trainer:
-  accelerator: cpu
-  devices: 2
-  enable_progress_bar: false
-  enable_model_summary: false
-{trainer}
-"""
-
-
 DIGITS = """  class_path: mae_lightning.DigitsDataModule
   init_args: {img_size: 16, batch_size: 32, num_workers: 0}"""
 
@@ -136,7 +87,6 @@ MONITORS = """    - class_path: mae_lightning.KNNMonitor
     - class_path: mae_lightning.ReconstructionCallback
       init_args: {every_n_epochs: 1}"""
 
-DDP = "  strategy: ddp"
 # One FSDP unit and one activation-checkpointing region per Block, full-state-dict checkpoints: presets/fsdp.yaml.
 FSDP = """  strategy:
     class_path: cli_plugins.CPUFSDPStrategy
@@ -285,24 +235,6 @@ def test_ranks_draw_their_own_masks_and_val_loss_does_not_depend_on_the_process_
     assert result["val/loss"] == pytest.approx(val_loss, rel=1e-6)
 
 
-DIGITS_16 = """  class_path: mae_lightning.DigitsDataModule
-  init_args: {img_size: 16, batch_size: 16, num_workers: 0}"""
-
-
-def resumable_run(losses: str, data: str = DIGITS_16) -> str:
-    trainer = f"""{DDP}
-  max_epochs: 2
-  limit_train_batches: 8
-  limit_val_batches: 0
-  logger: false
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: checkpoints, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
-    - class_path: cli_plugins.PerRankLosses
-      init_args: {{dirpath: {losses}}}"""
-    return tiny_run(data, trainer, "warmup_epochs: 1")
-
-
 @pytest.mark.slow
 def test_two_process_run_resumed_mid_epoch_repeats_every_ranks_losses_bit_for_bit(tmp_path, monkeypatch):
     for name in ("full", "split"):
@@ -369,13 +301,12 @@ trainer:
 @pytest.mark.slow
 def test_fine_tuning_under_fsdp_keeps_every_layer_decay_scale(tmp_path):
     """Per (weight decay, lr scale), the shards of both ranks hold exactly the unwrapped model's elements."""
-    from mae_lightning import VisionTransformer
     from mae_lightning.optim import param_groups_layer_decay
 
     (tmp_path / "run.yaml").write_text(FINE_TUNE_RUN)
     run_cli(tmp_path, "fit", "--config", "run.yaml")
 
-    model = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=3, num_heads=2, num_classes=10)
+    model = tiny_vit(depth=3)
     expected: dict[tuple[float, float], int] = {}
     for group in param_groups_layer_decay(model, 0.05, 0.75, no_weight_decay=model.no_weight_decay()):
         key = (group["weight_decay"], group["lr_scale"])

@@ -6,26 +6,19 @@ The real CLI, Trainer and checkpoints on disk, on CPU. Losses are compared bit f
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from mae_lightning.cli import main
-from tests.helpers import QUICKSTART, TESTS
+from tests.helpers import QUICKSTART, TESTS, tiny_model_args
 
 STEPS_PER_EPOCH, EPOCHS, STOP_AT = 6, 2, 4  # stop inside the first epoch
-TINY_MODEL = [
-    f"--model.init_args.model.init_args.{name}={value}"
-    for name, value in (("embed_dim", 32), ("depth", 2), ("num_heads", 2), ("decoder_embed_dim", 32))
-] + ["--model.init_args.model.init_args.decoder_depth=1", "--model.init_args.model.init_args.decoder_num_heads=2"]
 
 
 @pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+def _cli_plugins_importable(run_in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))  # cli_plugins
 
 
@@ -54,7 +47,7 @@ def run(root: Path, name: str, *extra: str, num_workers: int = 0, stop_at: int |
             "16",
             "--data.init_args.img_size",
             "16",
-            *TINY_MODEL,
+            *tiny_model_args(depth=2),
             "--trainer.enable_progress_bar",
             "false",
             "--trainer.enable_model_summary",

@@ -8,7 +8,6 @@ names must therefore be the CLI's keys. Each command is parsed here with ``--pri
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -72,9 +71,7 @@ def dotted(config: dict, key: str):
 
 
 @pytest.fixture(autouse=True)
-def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+def _no_sweep_of_the_environment(run_in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
 
 

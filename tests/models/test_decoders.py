@@ -20,11 +20,12 @@ from mae_lightning.masking import BlockMasking, GridMasking, RandomMasking, mask
 from mae_lightning.models import MaskedAutoencoder
 from mae_lightning.models.vit import CrossAttention, CrossAttentionBlock
 from mae_lightning.ops import gather_tokens
-from tests.helpers import QUICKSTART, REPO
-from tests.models.test_mae import TINY as MODEL_TINY
-from tests.models.test_mae import official_target
+from tests.helpers import FAST_16PX, QUICKSTART, REPO, TINY_MAE_3CH, tiny_mae
+from tests.reference import official_target
 
-TINY = {**MODEL_TINY, "decoder_depth": 2}  # two decoder blocks: the cross decoder stacks them
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors gain nothing from threads
+
+TINY = {**TINY_MAE_3CH, "decoder_depth": 2}  # two decoder blocks: the cross decoder stacks them
 NUM_PATCHES, NUM_REMOVED = 16, 12  # TINY's patches, and those that mask_ratio 0.75 removes
 
 PRESETS = {
@@ -33,21 +34,12 @@ PRESETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine their spin waits cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _class_name(obj) -> str:
     return type(obj).__name__
 
 
 def tiny(**overrides) -> MaskedAutoencoder:
-    return MaskedAutoencoder(**{**TINY, **overrides})
+    return tiny_mae(**{**TINY, **overrides})
 
 
 class RecordingAutoencoder(MaskedAutoencoder):
@@ -352,10 +344,8 @@ def test_partial_reconstruction_and_the_cross_decoder_count_fewer_decoder_flops(
 
 # ---------------------------------------------------------------------------- the presets, end to end
 FAST = [
-    "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16", "--data.init_args.img_size", "16",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.logger", "false",
-    "--trainer.enable_checkpointing", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "1", "--model.init_args.warmup_epochs", "0",
+    *FAST_16PX, "--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--model.init_args.warmup_epochs", "0",
     "--trainer.callbacks", '[{"class_path": "mae_lightning.ReconstructionCallback"}]',
 ]  # fmt: skip
 

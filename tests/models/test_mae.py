@@ -4,80 +4,18 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mae_lightning.models import MaskedAutoencoder, mae_vit_base_patch16
 from mae_lightning.models.pos_embed import sincos_2d
-from mae_lightning.ops import patchify
-from tests.test_masking import official_random_masking
-
-TINY = dict(
-    img_size=16,
-    patch_size=4,
-    in_chans=3,
-    embed_dim=32,
-    depth=2,
-    num_heads=4,
-    decoder_embed_dim=16,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+from tests.helpers import TINY_MAE_3CH, tiny_mae
+from tests.reference import official_forward
 
 
 def tiny(**overrides):
-    return MaskedAutoencoder(**{**TINY, **overrides})
+    return tiny_mae(**{**TINY_MAE_3CH, **overrides})
 
 
 # ---------------------------------------------------------------------------- a reference forward pass
-def manual_block(block, x):
-    """timm's Block with attention written out (softmax(q k^T / sqrt(d)) v), as in the official code."""
-    n, t, d = x.shape
-    heads = block.attn.num_heads
-    h = block.norm1(x)
-    qkv = block.attn.qkv(h).reshape(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    attn = (q @ k.transpose(-2, -1)) * (d // heads) ** -0.5
-    h = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, t, d)
-    x = x + block.attn.proj(h)
-    h = block.norm2(x)
-    return x + block.mlp.fc2(F.gelu(block.mlp.fc1(h)))
-
-
-def official_target(model, patches):
-    """The official target of patches (..., p*p*C): per-patch normalised with ``norm_pix_loss``."""
-    if model.norm_pix_loss:
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, keepdim=True)
-        patches = (patches - mean) / (var + 1.0e-6) ** 0.5
-    return patches
-
-
-def official_forward(model, imgs, mask_ratio, noise):
-    """facebookresearch/mae MaskedAutoencoderViT.forward, line by line, on our parameters."""
-    x = model.patch_embed.proj(imgs).flatten(2).transpose(1, 2)
-    x = x + model.pos_embed[:, 1:, :]
-    x, mask, ids_restore = official_random_masking(x, mask_ratio, noise)
-    cls_token = model.cls_token + model.pos_embed[:, :1, :]
-    x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-    for blk in model.blocks:
-        x = manual_block(blk, x)
-    x = model.norm(x)
-
-    x = model.decoder_embed(x)
-    mask_tokens = model.mask_token.repeat(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], 1)
-    x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
-    x_ = torch.gather(x_, dim=1, index=ids_restore.unsqueeze(-1).repeat(1, 1, x.shape[2]))
-    x = torch.cat([x[:, :1, :], x_], dim=1) + model.decoder_pos_embed
-    for blk in model.decoder_blocks:
-        x = manual_block(blk, x)
-    pred = model.decoder_pred(model.decoder_norm(x))[:, 1:, :]
-
-    target = official_target(model, patchify(imgs, model.patch_size))
-    loss = ((pred - target) ** 2).mean(dim=-1)
-    loss = (loss * mask).sum() / mask.sum()
-    return loss, pred, mask
-
-
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 @pytest.mark.parametrize("in_chans,img_size", [(3, 16), (1, (16, 24)), (13, 8)])
 def test_forward_equals_the_official_model(norm_pix_loss, in_chans, img_size):
@@ -362,7 +300,7 @@ class L1MaskedAutoencoder(MaskedAutoencoder):
 
 def test_forward_and_forward_train_share_the_subclass_loss():
     torch.manual_seed(0)
-    model = L1MaskedAutoencoder(**{**TINY, "norm_pix_loss": True})
+    model = L1MaskedAutoencoder(**{**TINY_MAE_3CH, "norm_pix_loss": True})
     imgs = torch.randn(4, 3, 16, 16)
     noise = torch.rand(4, model.num_patches)
     loss, pred, mask = model(imgs, 0.75, noise)
@@ -381,7 +319,7 @@ def test_overriding_patch_loss_changes_the_training_loss(tmp_path):
 
     def first_step_loss(model_class):
         torch.manual_seed(0)
-        model = model_class(**{**TINY, "in_chans": 1})
+        model = model_class(**{**TINY_MAE_3CH, "in_chans": 1})
         trainer = Trainer(
             accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,

@@ -7,21 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mae_lightning import MaskedAutoencoder
 from mae_lightning.checkpoint import ENCODER_KEYS, WeightsMismatchError, part, read_state_dict
 from mae_lightning.models.pos_embed import resize_pos_embed, sincos_2d, sincos_grid
 from mae_lightning.models.weights import load_weights
+from tests.helpers import tiny_mae
+from tests.reference import official_interpolate_pos_embed
 
 
 def small_mae(img_size=32, seed=0, **kwargs) -> MaskedAutoencoder:
-    torch.manual_seed(seed)
-    arch = dict(
-        patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
-        decoder_num_heads=2,
-    )  # fmt: skip
-    return MaskedAutoencoder(img_size=img_size, **{**arch, **kwargs}).eval()
+    return tiny_mae(seed=seed, img_size=img_size, **{"patch_size": 8, "in_chans": 3, "depth": 2, **kwargs}).eval()
 
 
 def encoder_keys(state_dict: dict) -> dict:
@@ -53,19 +49,6 @@ def official_finetuned(model: MaskedAutoencoder, num_classes: int = 10) -> dict:
 def save(obj, path: Path) -> Path:
     torch.save(obj, path)
     return path
-
-
-def official_interpolate_pos_embed(pos_embed_checkpoint, num_patches, num_extra_tokens):
-    """facebookresearch/mae util/pos_embed.py interpolate_pos_embed, on a tensor instead of a model."""
-    embedding_size = pos_embed_checkpoint.shape[-1]
-    orig_size = int((pos_embed_checkpoint.shape[-2] - num_extra_tokens) ** 0.5)
-    new_size = int(num_patches**0.5)
-    extra_tokens = pos_embed_checkpoint[:, :num_extra_tokens]
-    pos_tokens = pos_embed_checkpoint[:, num_extra_tokens:]
-    pos_tokens = pos_tokens.reshape(-1, orig_size, orig_size, embedding_size).permute(0, 3, 1, 2)
-    pos_tokens = F.interpolate(pos_tokens, size=(new_size, new_size), mode="bicubic", align_corners=False)
-    pos_tokens = pos_tokens.permute(0, 2, 3, 1).flatten(1, 2)
-    return torch.cat((extra_tokens, pos_tokens), dim=1)
 
 
 @torch.no_grad()

@@ -13,16 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import QUICKSTART
-
-TINY = [
-    "--model.init_args.model.init_args.embed_dim=32",
-    "--model.init_args.model.init_args.depth=1",
-    "--model.init_args.model.init_args.num_heads=2",
-    "--model.init_args.model.init_args.decoder_embed_dim=32",
-    "--model.init_args.model.init_args.decoder_depth=1",
-    "--model.init_args.model.init_args.decoder_num_heads=2",
-]
+from tests.helpers import QUICKSTART, tiny_model_args
 
 
 def fit_args(root: Path, name: str, *extra: str) -> list[str]:
@@ -37,7 +28,7 @@ def fit_args(root: Path, name: str, *extra: str) -> list[str]:
         "fit",
         "--config",
         QUICKSTART,
-        *TINY,
+        *tiny_model_args(),
         "--data.init_args.batch_size=16",
         "--data.init_args.img_size=16",
         "--trainer.enable_progress_bar=false",

@@ -17,7 +17,7 @@ import torch
 
 from mae_lightning.cli import main
 from mae_lightning.runtime.wandb_artifacts import ArtifactUnavailableError, artifact_file
-from tests.runtime.test_wandb_run import FAST, QUICKSTART, _isolated_env, _offline_run, _without_network, wandb_records
+from tests.helpers import FAST_16PX, QUICKSTART, isolated_env, offline_run, wandb_records, without_network
 
 REFERENCE = "wandb:someone/mae-lightning/model-abc123:latest"
 
@@ -29,7 +29,7 @@ def test_offline_run_records_its_checkpoint_as_a_model_artifact(wandb_home: Path
         f'"init_args": {{"dirpath": "{checkpoints}", "save_last": true}}}}]'
     )
     limits = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
-    cli, run = _offline_run(wandb_home, *limits, "--trainer.callbacks", callback)
+    cli, run = offline_run(wandb_home, *limits, "--trainer.callbacks", callback)
     records = list(wandb_records(next(run.glob("run-*.wandb"))))
     models = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
     run_id = cli.trainer.logger.experiment.id
@@ -80,12 +80,21 @@ def test_init_weights_from_an_artifact_downloaded_before(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["mae_lightning"])
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
-    first = main(["fit", "--config", QUICKSTART, *FAST, "--trainer.fast_dev_run", "true"])
+    first = main(["fit", "--config", QUICKSTART, *FAST_16PX, "--trainer.fast_dev_run", "true"])
     folder = tmp_path / "runs" / "quickstart" / "artifacts"  # under the config's default_root_dir
     assert first.trainer.global_step == 1  # its weights moved away from the initialisation
     first.trainer.save_checkpoint(_downloaded(folder, REFERENCE, {}) / "model.ckpt")
     second = main(
-        ["fit", "--config", QUICKSTART, *FAST, "--trainer.max_steps", "0", "--model.init_args.init_weights", REFERENCE]
+        [
+            "fit",
+            "--config",
+            QUICKSTART,
+            *FAST_16PX,
+            "--trainer.max_steps",
+            "0",
+            "--model.init_args.init_weights",
+            REFERENCE,
+        ]
     )
     for name, tensor in first.model.state_dict().items():
         assert torch.equal(second.model.state_dict()[name], tensor), name
@@ -94,10 +103,10 @@ def test_init_weights_from_an_artifact_downloaded_before(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argument", ["--ckpt_path", "--model.init_args.init_weights"])
 def test_without_network_an_artifact_reference_fails_at_once_in_one_line(argument, tmp_path):
     result = subprocess.run(
-        [*_without_network(), sys.executable, "-m", "mae_lightning", "fit", "--config", QUICKSTART, *FAST]
+        [*without_network(), sys.executable, "-m", "mae_lightning", "fit", "--config", QUICKSTART, *FAST_16PX]
         + [argument, REFERENCE],
         cwd=tmp_path,
-        env={**_isolated_env(tmp_path), "WANDB_BASE_URL": "https://api.wandb.ai"},
+        env={**isolated_env(tmp_path), "WANDB_BASE_URL": "https://api.wandb.ai"},
         capture_output=True,
         text=True,
         timeout=60,  # wandb's own retries would take minutes
@@ -115,6 +124,6 @@ def test_offline_mode_refuses_an_artifact_reference_in_one_line(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["mae_lightning"])
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(SystemExit) as stop:
-        main(["fit", "--config", QUICKSTART, *FAST, "--model.init_args.init_weights", REFERENCE])
+        main(["fit", "--config", QUICKSTART, *FAST_16PX, "--model.init_args.init_weights", REFERENCE])
     assert stop.value.code == 2
     assert "WANDB_MODE=offline" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -10,69 +10,24 @@ import json
 import logging
 import math
 import os
-import struct
 import subprocess
 import sys
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import wandb
 import yaml
-from wandb.proto import wandb_internal_pb2
 
 from mae_lightning.cli import main
-from tests.helpers import QUICKSTART, REPO
-
-WANDB_CONFIG = str(REPO / "configs" / "logger" / "wandb.yaml")
-
-FAST = [
-    "--data.init_args.num_workers",
-    "0",
-    "--data.init_args.batch_size",
-    "16",
-    "--data.init_args.img_size",
-    "16",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-]
-
-
-def wandb_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
-    """The records of a ``run-*.wandb`` file.
-
-    wandb >= 0.19 writes it from its Go core and no longer ships the Python reader
-    (``wandb.sdk.internal.datastore``), so this reads the format directly: a 7-byte header
-    (":W&B", magic 0xBEE1, version 0), then LevelDB-log blocks of 32 KiB, each record cut in
-    chunks with a 7-byte header (CRC-32 of type + data, length, type: full/first/middle/last).
-    """
-    block, chunk_header = 32768, 7
-    data = path.read_bytes()
-    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a W&B datastore file"
-    pos, pending = 7, b""
-    while len(data) - pos >= chunk_header:
-        left_in_block = block - pos % block
-        if left_in_block < chunk_header:  # the tail of a block is padding
-            pos += left_in_block
-            continue
-        checksum, length, kind = struct.unpack("<IHB", data[pos : pos + chunk_header])
-        if kind == 0:  # zero fill after the last record
-            break
-        chunk = data[pos + chunk_header : pos + chunk_header + length]
-        assert len(chunk) == length, f"truncated record at byte {pos}"
-        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == checksum, f"bad checksum at byte {pos}"
-        pos += chunk_header + length
-        if kind in (1, 2):  # full, first
-            pending = chunk
-        else:  # middle, last
-            pending += chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
+from tests.helpers import (
+    FAST_16PX,
+    QUICKSTART,
+    WANDB_CONFIG,
+    isolated_env,
+    offline_run,
+    wandb_records,
+    without_network,
+)
 
 
 def _key(item) -> str:
@@ -91,7 +46,7 @@ def test_offline_run_records_metrics_and_the_resolved_config(wandb_home: Path):
         "true",
         "--trainer.logger.init_args.save_dir",
         str(save_dir),
-        *FAST,
+        *FAST_16PX,
         "--trainer.max_epochs",
         "1",
         "--trainer.limit_train_batches",
@@ -147,7 +102,7 @@ def test_online_run_without_api_key_stops_at_once_with_the_offline_fix(tmp_path:
     argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, "--trainer.logger.init_args.save_dir"]
     # In a subprocess with a timeout: a regression would hang at a login prompt or in network retries.
     result = subprocess.run(
-        [sys.executable, "-m", "mae_lightning", *argv, str(save_dir), *FAST],
+        [sys.executable, "-m", "mae_lightning", *argv, str(save_dir), *FAST_16PX],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -166,32 +121,12 @@ def test_online_run_without_api_key_stops_at_once_with_the_offline_fix(tmp_path:
     assert not (save_dir / "wandb").exists()  # wandb was never started
 
 
-def _without_network() -> list[str]:
-    """A command prefix that runs a process with no network at all (a fresh network namespace), if allowed here."""
-    try:
-        if subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0:
-            return ["unshare", "-n"]
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        pass
-    pytest.skip("cannot start a process without network here (`unshare -n` needs root or user namespaces)")
-
-
-def _isolated_env(tmp_path: Path) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("WANDB_")}
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    # A closed loopback port as the server: were the namespace ever bypassed, nothing leaves the machine.
-    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_BASE_URL="http://127.0.0.1:9")
-    env.update(WANDB_SILENT="true", WANDB_X_DISABLE_STATS="true")
-    return env
-
-
 def test_without_network_online_wandb_fails_at_once_with_the_offline_fix(tmp_path: Path):
-    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, *FAST]
+    argv = ["fit", "--config", QUICKSTART, "--config", WANDB_CONFIG, *FAST_16PX]
     result = subprocess.run(
-        [*_without_network(), sys.executable, "-m", "mae_lightning", *argv],
+        [*without_network(), sys.executable, "-m", "mae_lightning", *argv],
         cwd=tmp_path,
-        env=_isolated_env(tmp_path),
+        env=isolated_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,  # a hang (login prompt, network retries) fails here instead of passing late
@@ -214,7 +149,7 @@ def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_ru
         WANDB_CONFIG,
         "--trainer.logger.init_args.offline=true",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
-        *FAST,
+        *FAST_16PX,
         "--model.init_args.model.init_args.depth=1",
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1",
@@ -223,9 +158,9 @@ def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_ru
     runs = []
     for extra in (["--trainer.max_epochs=1"], ["--trainer.max_epochs=2", "--ckpt_path=last"]):
         result = subprocess.run(
-            [*_without_network(), sys.executable, "-m", "mae_lightning", *argv, *extra],
+            [*without_network(), sys.executable, "-m", "mae_lightning", *argv, *extra],
             cwd=tmp_path,
-            env=_isolated_env(tmp_path),
+            env=isolated_env(tmp_path),
             capture_output=True,
             text=True,
             timeout=300,
@@ -240,7 +175,7 @@ def test_without_network_offline_wandb_trains_and_a_resume_continues_the_same_ru
 def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home: Path):
     # The quickstart draws reconstructions every 5 epochs: 5 short epochs.
     limits = ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "2"]
-    _, run = _offline_run(wandb_home, *limits)
+    _, run = offline_run(wandb_home, *limits)
     records = list(wandb_records(next(run.glob("run-*.wandb"))))
     history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
     keys = {_key(item) for h in history for item in h.item}
@@ -264,26 +199,10 @@ def test_offline_run_records_reconstruction_images_and_probe_metrics(wandb_home:
     assert Image.open(pngs[0]).size == (2 + 4 * 98, HEADER_HEIGHT + 2 + 8 * 98)
 
 
-def _offline_run(wandb_home: Path, *extra: str, config: str = QUICKSTART):
-    """Fit ``config`` with the W&B fragment offline; returns the CLI and the offline run's folder."""
-    save_dir = wandb_home / "logs"
-    argv = ["fit", "--config", config, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
-    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *FAST, *extra]
-    try:
-        cli = main(argv)
-        assert cli.trainer.state.finished
-    finally:
-        wandb.finish()
-        wandb.teardown()
-    runs = list((save_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, runs
-    return cli, runs[0]
-
-
 def test_offline_run_records_a_table_of_the_reconstructions(wandb_home: Path):
     # The quickstart draws reconstructions every 5 epochs (8 images): 5 short epochs.
     argv = ["--trainer.max_epochs", "5", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
-    _, run = _offline_run(wandb_home, *argv)
+    _, run = offline_run(wandb_home, *argv)
     records = list(wandb_records(next(run.glob("run-*.wandb"))))
     history = {
         _key(item): json.loads(item.value_json)
@@ -333,7 +252,7 @@ def test_offline_run_is_named_after_the_config_and_takes_group_and_tags_from_yam
     identity = wandb_home / "identity.yaml"
     identity.write_text("trainer:\n  logger:\n    init_args:\n      group: ablation-mask\n      tags: [digits, tiny]\n")
     argv = ["--config", str(identity), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
-    _, run = _offline_run(wandb_home, *argv, "--trainer.limit_val_batches", "1", config=str(experiment))
+    _, run = offline_run(wandb_home, *argv, "--trainer.limit_val_batches", "1", config=str(experiment))
     records = list(wandb_records(next(run.glob("run-*.wandb"))))
     started = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert started
