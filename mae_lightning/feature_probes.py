@@ -46,8 +46,7 @@ def linear_probe_top1(
     it is within a point of a converged logistic regression on CIFAR-10 features (benchmarks/RESULTS.md).
 
     Args:
-        train: (N, D) features and (N,) labels.
-        test: (M, D) features and (M,) labels.
+        train, test: as in :func:`knn_top1`.
         num_classes: number of classes.
         epochs: passes over ``train``.
         batch_size: samples per step (capped at N).

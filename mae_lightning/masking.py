@@ -2,10 +2,7 @@
 
 Every strategy hides exactly the same number of patches per sample (:func:`mask_from_scores`), so the model's
 fast path works with any of them. The scores are the ``noise`` that ``MaskedAutoencoder.forward`` accepts.
-
-- :class:`RandomMasking` (the paper's default): uniform noise, the official draw.
-- :class:`BlockMasking`: BEiT's rectangles of patches (Bao et al., 2021).
-- :class:`GridMasking`: the paper's regular-grid ablation, one patch kept per cell.
+Here: :class:`RandomMasking` (the paper's default), :class:`BlockMasking` (BEiT's) and :class:`GridMasking`.
 
 A new strategy is one small subclass with a ``scores`` method; select it in YAML with
 ``model.init_args.model.init_args.masking: {class_path: mae_lightning.BlockMasking}``.

@@ -75,8 +75,7 @@ class MAEDataModule(LightningDataModule):
     file_kind: str | None = "image"
     # Image files: "pil", "tensor" or "gpu" (see data/pipelines.py). Set with set_decode.
     decode: str = "pil"
-    # Array data: how many training files the per-band statistics are computed from, and the resampling
-    # of crops and resizes ("bilinear" never leaves the range of the input values; "bicubic").
+    # Array data: the arguments of the same names of ImageFolderDataModule.
     stats_files: int = 256
     array_interpolation: str = "bilinear"
 

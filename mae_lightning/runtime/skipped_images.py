@@ -15,7 +15,7 @@ class LogSkippedImages(Callback):
     """
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        dataset = getattr(trainer.datamodule, "train_set", None) if trainer.datamodule is not None else None
+        dataset = getattr(trainer.datamodule, "train_set", None)
         skipped = getattr(dataset, "num_skipped", None)
         if skipped is None:
             return
