@@ -202,9 +202,8 @@ class ReconstructionCallback(Callback):
         mask_seed: seed of the fixed masks.
         dirpath: folder of the PNG files (default: ``<log_dir>/reconstructions``).
         rgb_bands: multi-band data: the bands drawn as red, green and blue (0-based, e.g. ``[3, 2, 1]`` for
-            Sentinel-2's B04, B03, B02), or one band drawn grey. Default: the first three bands, or the
-            first band in grey for data with fewer than three. Arrays are stretched per band from
-            mean - 2 std to mean + 2 std of the data (see :func:`picture_statistics`).
+            Sentinel-2's B04, B03, B02), or one band drawn grey. Default: the first three bands, or the first
+            in grey for fewer. Arrays are stretched per band (see :func:`picture_statistics`).
     """
 
     def __init__(

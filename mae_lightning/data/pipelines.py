@@ -1,9 +1,8 @@
 """How a sample travels from a file to a normalised batch on the device: one pipeline per (file kind, decode mode).
 
-A DataModule picks its pipeline once, from what its samples are (:attr:`MAEDataModule.file_kind`) and where
-images are decoded (:attr:`MAEDataModule.decode`), and delegates to it: the file reader of a folder or shards,
-the (train, eval) transforms in the DataLoader workers, the collate function, and the steps before and after
-the copy to the device. The pipelines hold no state: each call reads the settings of the DataModule it is given.
+A DataModule picks its pipeline from what its samples are (:attr:`MAEDataModule.file_kind`) and where images
+are decoded (:attr:`MAEDataModule.decode`), and delegates to it every step below. The pipelines hold no state:
+each call reads the settings of the DataModule it is given.
 """
 
 from __future__ import annotations

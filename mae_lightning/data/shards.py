@@ -120,13 +120,10 @@ class StreamingDataModule(MAEDataModule):
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         # Opened here, so that a missing or unreachable location stops the run before it starts.
-        self._shards = {"train": open_shards(self._location(train_dir), cache_dir, max_cache_size)}
-        val = self._location(val_dir) if val_dir else None
+        self._shards = {"train": open_shards(f"{self.root}/{train_dir}", cache_dir, max_cache_size)}
+        val = f"{self.root}/{val_dir}" if val_dir else None
         if val is not None and (val.startswith(REMOTE_PREFIXES) or os.path.isdir(val)):
             self._shards["val"] = open_shards(val, cache_dir, max_cache_size)
-
-    def _location(self, split_dir: str) -> str:
-        return f"{self.root}/{split_dir}"
 
     def build_dataset(self, split: str, transform: Callable | None) -> Dataset | None:
         shards = self._shards.get("train" if split == "train" else "val")
