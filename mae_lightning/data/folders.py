@@ -65,11 +65,8 @@ def _data_files(folder: Path) -> list[str]:
 
 
 def file_kind(paths: list[str], folder: Path, forced: str | None = None) -> str:
-    """``"image"`` or ``"array"``: what the files of ``folder`` are.
-
-    ``.npy`` files are arrays and the other image suffixes images; TIFF files are either, and go with
-    the files beside them (arrays when alone). ``forced`` reads TIFF files as that kind, and ``"array"``
-    PNG files too (with their full 16-bit range).
+    """``"image"`` or ``"array"``: what the files of ``folder`` are, by the rules of ``ImageFolderDataModule``'s
+    ``file_kind`` argument (``forced``).
 
     Raises:
         ValueError: images and arrays together, or files of the other kind than ``forced`` (one line).
