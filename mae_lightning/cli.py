@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mae_lightning.checkpoint import WeightsMismatchError, read_checkpoint
@@ -39,6 +40,12 @@ from mae_lightning.runtime import (
     NonFiniteLossError,
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
+)
+from mae_lightning.runtime.resume import (
+    ResumeError,
+    check_same_architecture,
+    readable_checkpoint,
+    settings_over_checkpoint,
 )
 from mae_lightning.runtime.wandb_artifacts import ArtifactUnavailableError, artifact_file, is_artifact_reference
 from mae_lightning.runtime.wandb_run import (
@@ -119,6 +126,14 @@ class MAECLI(LightningCLI):
     # The image geometry, stated in `data` and linked into the model.
     linked_geometry = ("img_size", "in_chans")
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # What config files and the command line state, without defaults: it wins over a resumed checkpoint's.
+        self._stated = parser.parse_args(args, defaults=False) if args is None or isinstance(args, list) else None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning parses the checkpoint's settings over the command line here; see ``runtime/resume.py``."""
+
     def add_arguments_to_parser(self, parser) -> None:
         for name in self.linked_geometry:
             parser.link_arguments(f"data.init_args.{name}", f"model.init_args.model.init_args.{name}")
@@ -134,7 +149,14 @@ class MAECLI(LightningCLI):
         drop_checkpoint_callbacks_when_off(config)
         place_outputs_in_run_folder(config)
         checkpoint = resolve_ckpt_path(config)
+        self._resumed, self._changes = None, []
         if checkpoint is not None:
+            self._resumed = readable_checkpoint(checkpoint)
+            stated = self._stated.get(str(self.subcommand)) if self._stated is not None else None
+            parser = self._parser(self.subcommand)
+            self._changes = settings_over_checkpoint(parser, config, stated, self._resumed)
+            for key, recorded, used in self._changes:
+                rank_zero_info(f"resuming with {key}={used!r} (the checkpoint has {recorded!r})")
             continue_wandb_run(wandb_loggers, checkpoint)
             forget_init_weights(config)
         elif config.get("ckpt_path") is None:
@@ -142,11 +164,13 @@ class MAECLI(LightningCLI):
         take_architecture_from_checkpoint(config, checkpoint)
         refuse_sharded_linear_probe(config)
         name_wandb_run_after_config(wandb_loggers, config.get("config") or [])
-        if wandb_loggers:
-            # Added here, not in trainer_defaults: only a run with a W&B logger says where its run is.
-            callbacks = self.trainer_defaults.get("callbacks") or []
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, AnnounceWandbRun()]}
+        callbacks = _as_list(self.trainer_defaults.get("callbacks"))
+        if any(_is(entry, StopOnNonFiniteLoss) for entry in _as_list(config.get("trainer", {}).get("callbacks"))):
+            # The config's own non-finite-loss policy (a rollback) replaces the default stop.
+            callbacks = [callback for callback in callbacks if not isinstance(callback, StopOnNonFiniteLoss)]
+        if wandb_loggers:  # only a run with a W&B logger says where its run is
+            callbacks = [*callbacks, AnnounceWandbRun()]
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -158,6 +182,8 @@ class MAECLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+            if self._resumed is not None:
+                check_same_architecture(self.model, self._resumed, self._changes)
         except (ValueError, TypeError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as err:
             # jsonargparse wraps the constructor's own error, which names the setting: deepest in the
             # chain of causes, or (older jsonargparse) among the union alternatives in the message.
@@ -372,7 +398,7 @@ def main(args: list[str] | None = None) -> MAECLI:
             parser_kwargs={"exit_on_error": False, "prog": "python -m mae_lightning"},
             args=args,
         )
-    except (ArgumentError, ConfigError, WandbNotReadyError) as err:
+    except (ArgumentError, ConfigError, WandbNotReadyError, ResumeError) as err:
         print(f"mae_lightning: error: {one_line_error(str(err)) or str(err).strip()}", file=sys.stderr)
         raise SystemExit(2) from None
     except (WeightsMismatchError, SetupError) as err:
