@@ -14,7 +14,7 @@ from mae_lightning.data import (
 from mae_lightning.masking import BlockMasking, GridMasking, MaskingStrategy, RandomMasking
 from mae_lightning.models import MaskedAutoencoder, VisionTransformer
 from mae_lightning.pretrain import MAEPretraining
-from mae_lightning.runtime import WandbLogger
+from mae_lightning.runtime import RollbackOnNonFiniteLoss, WandbLogger
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "MaskingStrategy",
     "RandomMasking",
     "ReconstructionCallback",
+    "RollbackOnNonFiniteLoss",
     "STL10DataModule",
     "StreamingDataModule",
     "VisionTransformer",

@@ -76,6 +76,8 @@ class Recipe(LightningModule):
         self.warmup_epochs = warmup_epochs
         self.effective_batch_size: int | None = None
         self.peak_lr: float | None = None
+        # A factor on the whole schedule, lowered when a run rolls back from a NaN (runtime/rollback.py).
+        self.lr_scale = 1.0
         self._param_shapes: dict | None = None
         # Set once the weights are in the model: from the weights file, or by a checkpoint being restored.
         self._weights_loaded = False
@@ -151,10 +153,16 @@ class Recipe(LightningModule):
         self._param_shapes = parameter_shapes(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"effective_batch_size": self.effective_batch_size, "peak_lr": self.peak_lr}
+        numbers = {
+            "effective_batch_size": self.effective_batch_size,
+            "peak_lr": self.peak_lr,
+            "lr_scale": self.lr_scale,
+        }
+        checkpoint[CHECKPOINT_KEY] = numbers
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_from = checkpoint.get(CHECKPOINT_KEY)
+        self.lr_scale = (self._resumed_from or {}).get("lr_scale", 1.0)
         self._weights_loaded = True
         self._load_error = None
 
@@ -187,7 +195,8 @@ class Recipe(LightningModule):
         self._last_log_time = time.perf_counter()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr, self.min_lr, self.warmup_epochs)
+        scale = self.lr_scale
+        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr * scale, self.min_lr * scale, self.warmup_epochs)
 
     # ------------------------------------------------------------------ logs
     def log_train_loss(self, loss: Tensor, batch_size: int) -> None:

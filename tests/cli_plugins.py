@@ -99,3 +99,28 @@ class OptimizerGroupSizes(Callback):
         ]
         self.dirpath.mkdir(parents=True, exist_ok=True)
         (self.dirpath / f"groups_rank{trainer.global_rank}.json").write_text(json.dumps(groups))
+
+
+class InjectNaN(Callback):
+    """Fill the training batch of optimizer step ``step`` with NaN (on every process): its loss, gradients and the
+    weights after its update are NaN, as after a real divergence."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))
+
+
+class VisiblePatches(Callback):
+    """Append ``<global step> <visible patches per image>`` of every training step to ``<dirpath>/rank<r>.txt``
+    (read from the encoded tokens a pretraining step returns: the masks that step drew)."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        with open(self.dirpath / f"rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step} {outputs['latent'].shape[1] - 1}\n")

@@ -71,6 +71,11 @@ def assert_contains(printed, fragment, where: str = "") -> None:
     if isinstance(fragment, dict):
         assert isinstance(printed, dict), f"{where}: {printed!r} is not a mapping"
         for key, value in fragment.items():
+            if key.endswith("+"):  # jsonargparse appends these items to the list the config had
+                key, printed_list = key[:-1], printed.get(key[:-1])
+                assert isinstance(printed_list, list), f"{where}.{key} is not a list in the resolved config"
+                assert_contains(printed_list[len(printed_list) - len(value) :], value, f"{where}.{key}")
+                continue
             assert key in printed, f"{where}.{key} is missing from the resolved config"
             assert_contains(printed[key], value, f"{where}.{key}")
     elif isinstance(fragment, list) and fragment and isinstance(fragment[0], dict):

@@ -75,6 +75,8 @@ class MaskedAutoencoder(nn.Module):
             ``max(1, round(num_removed * decoder_keep_ratio))`` of them, drawn uniformly per sample from the global
             torch generator (saved in checkpoints, so a resumed run repeats the draw). 1.0: all of them (the paper).
             Validation, test and :meth:`forward` always reconstruct every removed patch.
+        decoder_fp32: run the decoder and the pixel head in float32 under mixed precision (autocast off), the
+            workaround for a decoder whose bf16/fp16 loss turns NaN; a NaN rollback can set it during a run.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class MaskedAutoencoder(nn.Module):
         masking: MaskingStrategy | None = None,
         decoder: Literal["self", "cross"] = "self",
         decoder_keep_ratio: float = 1.0,
+        decoder_fp32: bool = False,
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -111,6 +114,7 @@ class MaskedAutoencoder(nn.Module):
         self.masking = RandomMasking() if masking is None else masking
         self.decoder = decoder
         self.decoder_keep_ratio = decoder_keep_ratio
+        self.decoder_fp32 = decoder_fp32
 
         # Encoder: sees the visible patches and the cls token only.
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -184,8 +188,7 @@ class MaskedAutoencoder(nn.Module):
         """
         ids_shuffle = inverse_permutation(ids_restore)
         len_keep = latent.shape[1] - 1
-        decoded = self._decode(latent, ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:], every_patch=True)
-        return self.decoder_pred(decoded)
+        return self._predict(latent, ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:], every_patch=True)
 
     # ------------------------------------------------------------------ what is regressed, and how it is scored
     @property
@@ -272,7 +275,7 @@ class MaskedAutoencoder(nn.Module):
         ids_keep, ids_removed = ids_shuffle[:, :len_keep], ids_shuffle[:, len_keep:]
         latent = self._encode_visible(imgs, ids_keep)
         ids_scored = self.scored_patches(ids_removed) if self.training else ids_removed
-        pred = self.decoder_pred(self._decode(latent, ids_keep, ids_scored))
+        pred = self._predict(latent, ids_keep, ids_scored)
         # The target is per patch, so gathering after it is the same as before it, bit for bit.
         loss = self.patch_loss(pred, gather_tokens(self.target(imgs), ids_scored)).mean()
         terms = self.extra_terms(imgs, latent, ids_shuffle)
@@ -341,6 +344,16 @@ class MaskedAutoencoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def _predict(self, latent: Tensor, ids_keep: Tensor, ids_masked: Tensor, every_patch: bool = False) -> Tensor:
+        """``decoder_pred`` of :meth:`_decode`: -> (N, Q, target_dim), or (N, L, target_dim) with ``every_patch``.
+
+        With ``decoder_fp32`` the decoder and the pixel head run in float32 under mixed precision (autocast off).
+        """
+        if not self.decoder_fp32:
+            return self.decoder_pred(self._decode(latent, ids_keep, ids_masked, every_patch))
+        with torch.autocast(latent.device.type, enabled=False):
+            return self.decoder_pred(self._decode(latent.float(), ids_keep, ids_masked, every_patch))
 
     def _decode(self, latent: Tensor, ids_keep: Tensor, ids_masked: Tensor, every_patch: bool = False) -> Tensor:
         """The decoder, after ``decoder_norm``: the one place both decoders and partial reconstruction live.

@@ -7,6 +7,7 @@ from mae_lightning.runtime.checkpoint_io import AtomicCheckpointIO
 from mae_lightning.runtime.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from mae_lightning.runtime.preemption import CheckpointOnPreemption
 from mae_lightning.runtime.rng_state import RNGStateCheckpoint
+from mae_lightning.runtime.rollback import RollbackOnNonFiniteLoss
 from mae_lightning.runtime.skipped_images import LogSkippedImages
 from mae_lightning.runtime.wandb_artifacts import WandbLogger
 from mae_lightning.runtime.wandb_run import KeepWandbRunId
@@ -18,6 +19,7 @@ __all__ = [
     "LogSkippedImages",
     "NonFiniteLossError",
     "RNGStateCheckpoint",
+    "RollbackOnNonFiniteLoss",
     "StopOnNonFiniteLoss",
     "WandbLogger",
 ]

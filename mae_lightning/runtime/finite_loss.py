@@ -35,6 +35,17 @@ class StopOnNonFiniteLoss(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._record(trainer, outputs)
+        every = self.check_every_n_steps or trainer.log_every_n_steps or 1
+        if trainer.global_step % every == 0:
+            self._raise_if_bad()
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Raised while the checkpoint is assembled: the file on disk stays the previous, good one.
+        self._raise_if_bad()
+
+    def _record(self, trainer: Trainer, outputs: Any) -> None:
+        """Note on the device (no synchronisation) the first step whose loss was not finite."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
@@ -44,21 +55,17 @@ class StopOnNonFiniteLoss(Callback):
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad_now = ~torch.isfinite(loss.detach()).all()
         self._first_bad = torch.where(bad_now & (self._first_bad < 0), step, self._first_bad)
-        every = self.check_every_n_steps or trainer.log_every_n_steps or 1
-        if trainer.global_step % every == 0:
-            self._raise_if_bad()
 
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Raised while the checkpoint is assembled: the file on disk stays the previous, good one.
-        self._raise_if_bad()
-
-    def _raise_if_bad(self) -> None:
-        if self._first_bad is None:
-            return
-        first_bad = int(self._first_bad)  # the one host synchronisation
+    def _raise_if_bad(self, first_bad: int | None = None) -> None:
+        """Raise :class:`NonFiniteLossError` when a recorded step (or ``first_bad``, read already) was not finite."""
+        if first_bad is None:
+            if self._first_bad is None:
+                return
+            first_bad = int(self._first_bad)  # the one host synchronisation
         if first_bad >= 0:
             raise NonFiniteLossError(
                 f"the training loss is not finite (NaN or inf) at step {first_bad}; the last checkpoint saved "
                 "before it is unchanged. Lower the learning rate, set `trainer.gradient_clip_val`, or check the "
-                "input data, then resume with `--ckpt_path last`"
+                "input data, then resume with `--ckpt_path last` (or roll back and train on: "
+                "configs/presets/nan_rollback.yaml)"
             )

@@ -334,3 +334,12 @@ def test_overriding_patch_loss_changes_the_training_loss(tmp_path):
     assert l1 == pytest.approx(float((pred - target).abs().mean()), rel=1e-6)
     assert base == pytest.approx(float(((pred - target) ** 2).mean()), rel=1e-5)
     assert abs(l1 - base) > 1e-3
+
+
+def test_decoder_fp32_runs_the_decoder_in_full_precision_under_autocast():
+    imgs, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
+    for decoder_fp32, dtype in ((False, torch.bfloat16), (True, torch.float32)):
+        model = tiny_mae(seed=0, **TINY_MAE_3CH, decoder_fp32=decoder_fp32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.forward_train(imgs, 0.75, noise).loss.isfinite()
+            assert model(imgs, 0.75, noise)[1].dtype == dtype
