@@ -128,8 +128,7 @@ class MAECLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        # What config files and the command line state, without defaults: it wins over a resumed checkpoint's.
-        self._stated = parser.parse_args(args, defaults=False) if args is None or isinstance(args, list) else None
+        self._args = args  # parsed again without defaults when a checkpoint is resumed (see resume_settings)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning parses the checkpoint's settings over the command line here; see ``runtime/resume.py``."""
@@ -151,12 +150,7 @@ class MAECLI(LightningCLI):
         checkpoint = resolve_ckpt_path(config)
         self._resumed, self._changes = None, []
         if checkpoint is not None:
-            self._resumed = readable_checkpoint(checkpoint)
-            stated = self._stated.get(str(self.subcommand)) if self._stated is not None else None
-            parser = self._parser(self.subcommand)
-            self._changes = settings_over_checkpoint(parser, config, stated, self._resumed)
-            for key, recorded, used in self._changes:
-                rank_zero_info(f"resuming with {key}={used!r} (the checkpoint has {recorded!r})")
+            self.resume_settings(config, checkpoint)
             continue_wandb_run(wandb_loggers, checkpoint)
             forget_init_weights(config)
         elif config.get("ckpt_path") is None:
@@ -171,6 +165,16 @@ class MAECLI(LightningCLI):
         if wandb_loggers:  # only a run with a W&B logger says where its run is
             callbacks = [*callbacks, AnnounceWandbRun()]
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+
+    def resume_settings(self, config, checkpoint: Path) -> None:
+        """The resumed checkpoint's settings under what config files and the command line state (runtime/resume.py)."""
+        self._resumed = readable_checkpoint(checkpoint)
+        stated = self.parser.parse_args(self._args, defaults=False) if isinstance(self._args, list | None) else None
+        subcommand = str(self.subcommand)
+        stated = stated.get(subcommand) if stated is not None else None
+        self._changes = settings_over_checkpoint(self._parser(subcommand), config, stated, self._resumed)
+        for key, recorded, used in self._changes:
+            rank_zero_info(f"resuming with {key}={used!r} (the checkpoint has {recorded!r})")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

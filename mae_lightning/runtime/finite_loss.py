@@ -38,7 +38,11 @@ class StopOnNonFiniteLoss(Callback):
         self._record(trainer, outputs)
         every = self.check_every_n_steps or trainer.log_every_n_steps or 1
         if trainer.global_step % every == 0:
-            self._raise_if_bad()
+            self._on_check(trainer, pl_module)
+
+    def _on_check(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """What a host check does: raise when a step since the last one was not finite (the rollback overrides it)."""
+        self._raise_if_bad()
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # Raised while the checkpoint is assembled: the file on disk stays the previous, good one.

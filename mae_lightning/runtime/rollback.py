@@ -57,13 +57,8 @@ class RollbackOnNonFiniteLoss(StopOnNonFiniteLoss):
             self._harden(pl_module, lr=False)
         self._keep_good_state(trainer, pl_module)
 
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._record(trainer, outputs)
-        every = self.check_every_n_steps or trainer.log_every_n_steps or 1
-        if trainer.global_step % every == 0:
-            self._check(trainer, pl_module, log=True)
+    def _on_check(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check(trainer, pl_module, log=True)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # A checkpoint between two checks: checked now, and written from the restored state if it rolled back.
