@@ -1,4 +1,5 @@
-"""One reader for every weights file: this project's checkpoints, official facebookresearch/mae files, timm files.
+"""One reader for every weights file: this project's checkpoints, official facebookresearch/mae files, timm files,
+Hugging Face transformers folders.
 
 :func:`read_checkpoint` opens a file once, never running pickled code (``torch.load(weights_only=True)``, or
 safetensors), and returns a :class:`Checkpoint`: the model's tensors under bare timm / official keys, the
@@ -63,9 +64,17 @@ def load_file(path: str | os.PathLike, mmap: bool = False) -> object:
     """The content of a weights or checkpoint file, read without running pickled code.
 
     ``.safetensors`` with safetensors; anything else with ``torch.load(weights_only=True)`` (``mmap``: tensors
-    stay on disk until used, so reading the hyperparameters of a large file costs little).
+    stay on disk until used, so reading the hyperparameters of a large file costs little). A Hugging Face
+    transformers folder (``config.json`` + ``model.safetensors`` of a ViTMAE or ViT), or its ``model.safetensors``,
+    gives ``{"model": <tensors under this project's keys>, "transformers_config": <config.json>}``
+    (``models/transformers_io.py``).
     """
+    from mae_lightning.models.transformers_io import read_transformers_folder, transformers_folder_of
+
     path = Path(path)
+    folder = transformers_folder_of(path)
+    if folder is not None:
+        return read_transformers_folder(folder)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
@@ -177,7 +186,12 @@ class Checkpoint:
 
     @property
     def model_args(self) -> dict[str, Any]:
-        """The model's ``init_args`` as the command line recorded them ({} for a module built in Python)."""
+        """The model's ``init_args`` as the command line recorded them ({} for a module built in Python); for a
+        transformers folder, the arguments its ``config.json`` states."""
+        if isinstance(self.contents, Mapping) and isinstance(self.contents.get("transformers_config"), Mapping):
+            from mae_lightning.models.transformers_io import config_to_model_args
+
+            return config_to_model_args(self.contents["transformers_config"])
         model = self.hparams.get("model")
         init_args = model.get("init_args") if isinstance(model, Mapping) else None
         return dict(init_args) if isinstance(init_args, Mapping) else {}
@@ -205,7 +219,7 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
 
     Args:
         path: the file: this project's ``.ckpt``, an official ``.pth``, a timm or exported ``.safetensors``, a bare
-            state dict.
+            state dict, or a Hugging Face transformers ViTMAE / ViT folder (or its ``model.safetensors``).
         mmap: leave the tensors on disk until they are used (for reading hyperparameters or states only).
 
     Raises:

@@ -31,6 +31,7 @@ from mae_lightning.checkpoint import WeightsMismatchError, read_checkpoint
 from mae_lightning.classify import SHARDED_PROBE_MESSAGE, LinearProbe
 from mae_lightning.models.classifier import VisionTransformer
 from mae_lightning.models.presets import ENCODER_SIZE_KEYS, encoder_size
+from mae_lightning.models.transformers_io import WEIGHTS_FILE, transformers_folder_of
 from mae_lightning.recipe import SetupError
 from mae_lightning.runtime import (
     AtomicCheckpointIO,
@@ -41,13 +42,14 @@ from mae_lightning.runtime import (
     RNGStateCheckpoint,
     StopOnNonFiniteLoss,
 )
+from mae_lightning.runtime.hub import HUB_PREFIX, HubUnavailableError, hub_weights
 from mae_lightning.runtime.resume import (
     ResumeError,
     check_same_architecture,
     readable_checkpoint,
     settings_over_checkpoint,
 )
-from mae_lightning.runtime.wandb_artifacts import ArtifactUnavailableError, artifact_file, is_artifact_reference
+from mae_lightning.runtime.wandb_artifacts import ARTIFACT_PREFIX, ArtifactUnavailableError, artifact_file
 from mae_lightning.runtime.wandb_run import (
     AnnounceWandbRun,
     WandbNotReadyError,
@@ -265,21 +267,51 @@ _WEIGHTS_ARGUMENTS = ("init_weights", "pretrained")
 
 
 def fetch_artifact_references(config) -> None:
-    """Replace each ``wandb:`` artifact reference among the weights arguments by its file, downloaded once.
+    """Replace each weights reference by its local file, downloaded once (see :func:`resolve_weights_reference`).
 
-    Downloaded into ``<default_root_dir>/artifacts/`` (rank 0 does it before it starts the other processes,
-    which then find the file).
+    ``wandb:`` artifacts go into ``<default_root_dir>/artifacts/``, ``hf:`` Hub repositories into
+    ``<default_root_dir>/hub/`` (rank 0 does it before it starts the other processes, which then find the file).
     """
-    folder = Path(config.get("trainer", {}).get("default_root_dir") or "runs") / "artifacts"
+    root = Path(config.get("trainer", {}).get("default_root_dir") or "runs")
     init_args = getattr(config.get("model"), "init_args", None) or {}
     settings = [("ckpt_path", config, "ckpt_path")]
     settings += [(f"model.init_args.{name}", init_args, name) for name in _WEIGHTS_ARGUMENTS]
     for key, holder, name in settings:
-        if is_artifact_reference(holder.get(name)):
-            try:
-                holder[name] = str(artifact_file(holder[name], folder))
-            except ArtifactUnavailableError as err:
-                raise ConfigError(f"{key}: {err}") from None
+        try:
+            resolved = resolve_weights_reference(holder.get(name), root, weights_only=name != "ckpt_path")
+        except (ArtifactUnavailableError, HubUnavailableError) as err:
+            raise ConfigError(f"{key}: {err}") from None
+        if resolved is not None:
+            holder[name] = str(resolved)
+
+
+# Reference prefix -> the run folder's sub-folder it is downloaded into, and the function that does it.
+_REFERENCE_RESOLVERS = {ARTIFACT_PREFIX: ("artifacts", artifact_file), HUB_PREFIX: ("hub", hub_weights)}
+
+
+def resolve_weights_reference(value: object, root: Path, weights_only: bool = True) -> Path | None:
+    """The local file of a weights setting's value, or None when it is already one (or unset).
+
+    ``wandb:<entity>/<project>/<name>:<alias>`` (``runtime/wandb_artifacts.py``) and ``hf:<repo id>[@revision]``
+    (``runtime/hub.py``) are downloaded once under ``root``; a transformers folder becomes its ``model.safetensors``
+    (the reader finds ``config.json`` beside it). Hub repositories and transformers folders hold weights, not
+    training states: ``weights_only=False`` (``ckpt_path``) refuses them.
+
+    Raises:
+        ArtifactUnavailableError, HubUnavailableError: the reference cannot be resolved, with the reason in one line.
+    """
+    if not isinstance(value, str):
+        return None
+    for prefix, (subfolder, resolve) in _REFERENCE_RESOLVERS.items():
+        if value.startswith(prefix):
+            if prefix == HUB_PREFIX and not weights_only:
+                raise HubUnavailableError(
+                    f"{value!r} holds weights, not a training checkpoint to resume: start from it with "
+                    "model.init_args.init_weights (pretraining) or model.init_args.pretrained (classifiers)"
+                )
+            return resolve(value, root / subfolder)
+    folder = transformers_folder_of(value) if weights_only and Path(value).is_dir() else None
+    return folder / WEIGHTS_FILE if folder is not None else None
 
 
 def check_weights_files_exist(config) -> None:

@@ -237,3 +237,20 @@ def resumable_run(losses: str, data: str = DIGITS_16) -> str:
     - class_path: cli_plugins.PerRankLosses
       init_args: {{dirpath: {losses}}}"""
     return tiny_run(data, trainer, "warmup_epochs: 1")
+
+
+# ---------------------------------------------------------------------------- checkpoints as the CLI writes them
+def cli_checkpoint(path: Path, model: torch.nn.Module, model_args: dict, **module_args) -> Path:
+    """``model`` saved as a Lightning checkpoint with the hyperparameters the command line records: the model's
+    class and ``model_args`` under ``model``, the LightningModule's other settings (``mask_ratio``, ...) beside."""
+    hparams = {"model": {"class_path": f"mae_lightning.{type(model).__name__}", "init_args": model_args}}
+    contents = {
+        "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+        "hyper_parameters": {**hparams, **module_args},
+        "pytorch-lightning_version": "2.5.0",
+        "epoch": 0,
+        "global_step": 1,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(contents, path)
+    return path
