@@ -31,7 +31,7 @@ from mae_lightning.checkpoint import WeightsMismatchError, read_checkpoint
 from mae_lightning.classify import SHARDED_PROBE_MESSAGE, LinearProbe
 from mae_lightning.models.classifier import VisionTransformer
 from mae_lightning.models.presets import ENCODER_SIZE_KEYS, encoder_size
-from mae_lightning.models.transformers_io import WEIGHTS_FILE, transformers_folder_of
+from mae_lightning.models.transformers_io import transformers_folder_of, weights_file_in
 from mae_lightning.recipe import SetupError
 from mae_lightning.runtime import (
     AtomicCheckpointIO,
@@ -293,7 +293,7 @@ def resolve_weights_reference(value: object, root: Path, weights_only: bool = Tr
     """The local file of a weights setting's value, or None when it is already one (or unset).
 
     ``wandb:<entity>/<project>/<name>:<alias>`` (``runtime/wandb_artifacts.py``) and ``hf:<repo id>[@revision]``
-    (``runtime/hub.py``) are downloaded once under ``root``; a transformers folder becomes its ``model.safetensors``
+    (``runtime/hub.py``) are downloaded once under ``root``; a transformers folder becomes its weights file
     (the reader finds ``config.json`` beside it). Hub repositories and transformers folders hold weights, not
     training states: ``weights_only=False`` (``ckpt_path``) refuses them.
 
@@ -311,7 +311,7 @@ def resolve_weights_reference(value: object, root: Path, weights_only: bool = Tr
                 )
             return resolve(value, root / subfolder)
     folder = transformers_folder_of(value) if weights_only and Path(value).is_dir() else None
-    return folder / WEIGHTS_FILE if folder is not None else None
+    return weights_file_in(folder) if folder is not None else None
 
 
 def check_weights_files_exist(config) -> None:

@@ -37,6 +37,9 @@ MAE_TYPE = "vit_mae"
 VIT_TYPE = "vit"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# The weights files of a transformers folder, in the order they are read: older Hub repositories have only the
+# PyTorch one (read with ``torch.load(weights_only=True)``, so it cannot run code).
+WEIGHTS_FILES = (WEIGHTS_FILE, "pytorch_model.bin")
 # LayerNorm epsilon of every norm here (models/vit.py), written into exported configs.
 LAYER_NORM_EPS = 1e-6
 
@@ -312,12 +315,17 @@ def decoder_sizes(state_dict: Mapping[str, Tensor], decoder_num_heads: int | Non
 
 
 # ---------------------------------------------------------------------------- folders
+def weights_file_in(folder: Path) -> Path | None:
+    """The weights file of a transformers folder (:data:`WEIGHTS_FILES`, the first present), or None."""
+    return next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
+
+
 def transformers_folder_of(path: str | os.PathLike) -> Path | None:
-    """The transformers folder that ``path`` is (``config.json`` + ``model.safetensors``) or whose
-    ``model.safetensors`` it is; None for anything else (an official ``.pth``, a timm ``.safetensors``)."""
+    """The transformers folder that ``path`` is (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``)
+    or whose weights file it is; None for anything else (an official ``.pth``, a timm ``.safetensors``)."""
     path = Path(path)
-    folder = path if path.is_dir() else path.parent if path.name == WEIGHTS_FILE else None
-    if folder is None or not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+    folder = path if path.is_dir() else path.parent if path.name in WEIGHTS_FILES else None
+    if folder is None or not (folder / CONFIG_FILE).is_file() or weights_file_in(folder) is None:
         return None
     try:
         model_type = json.loads((folder / CONFIG_FILE).read_text()).get("model_type")
@@ -328,7 +336,7 @@ def transformers_folder_of(path: str | os.PathLike) -> Path | None:
 
 def read_transformers_folder(folder: str | os.PathLike) -> dict[str, Any]:
     """A transformers folder as a checkpoint's contents: ``{"model": state dict (this project's keys),
-    "transformers_config": config.json}``.
+    "transformers_config": config.json}``, the weights read from ``model.safetensors``, else ``pytorch_model.bin``.
 
     Raises:
         ValueError: the folder is not a readable ViTMAE / ViT folder.
@@ -337,9 +345,16 @@ def read_transformers_folder(folder: str | os.PathLike) -> dict[str, Any]:
 
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
+    weights = weights_file_in(folder)
     try:
         config_to_model_args(config)
-        state_dict = from_transformers(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
+        if weights is None:
+            raise ValueError(f"no {' or '.join(WEIGHTS_FILES)}")
+        if weights.suffix == ".safetensors":
+            tensors = load_file(str(weights), device="cpu")
+        else:
+            tensors = torch.load(weights, map_location="cpu", weights_only=True)
+        state_dict = from_transformers(tensors)
     except (KeyError, ValueError) as err:
         raise ValueError(f"cannot read {folder} as a transformers ViTMAE / ViT folder: {err}") from None
     return {"model": state_dict, "transformers_config": config}

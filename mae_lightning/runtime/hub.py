@@ -2,7 +2,7 @@
 
 A weights argument (``init_weights``, ``pretrained``) may name a Hub model repository as ``hf:<owner>/<name>``,
 optionally at a revision (branch, tag or commit): ``hf:facebook/vit-mae-base``, ``hf:me/mae-cifar@v1``. The
-repository is downloaded once with ``huggingface_hub.snapshot_download`` into
+repository's ``config.json`` and weights are downloaded once with ``huggingface_hub.snapshot_download`` into
 ``<run folder>/hub/<owner>__<name>@<revision>/`` and read from there afterwards, without the network. Offline
 (``HF_HUB_OFFLINE=1``), unreachable, private without a token, gated or missing: one line, at once.
 
@@ -20,8 +20,10 @@ from pathlib import Path
 HUB_PREFIX = "hf:"
 # What a reference may hold: <owner>/<name> as the Hub spells repository ids, and a revision without spaces.
 _REFERENCE = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[^\s@]+))?")
-# The files a weights reference needs (the model card and other files stay on the Hub).
+# The files a weights reference needs (the model card and other files stay on the Hub); the PyTorch weights only
+# where a repository has no safetensors (older ones).
 _WEIGHTS_PATTERNS = ["config.json", "model.safetensors"]
+_OLDER_WEIGHTS_PATTERNS = ["pytorch_model.bin"]
 _INSTALL = 'pip install "mae-lightning[hub]"'
 
 
@@ -55,16 +57,19 @@ def hub_cache_folder(reference: str, folder: Path) -> Path:
 
 
 def hub_weights(reference: str, folder: Path) -> Path:
-    """The ``model.safetensors`` of ``reference`` (``config.json`` beside it), downloaded once into ``folder``.
+    """The weights file of ``reference`` (``model.safetensors``, else ``pytorch_model.bin``; ``config.json`` beside
+    it), downloaded once into ``folder``.
 
     Raises:
         HubUnavailableError: malformed reference, ``huggingface_hub`` not installed, offline or unreachable,
-            repository missing, private without a token, gated, or without ``model.safetensors``.
+            repository missing, private without a token, gated, or without transformers weights.
     """
+    from mae_lightning.models.transformers_io import weights_file_in
+
     repo, revision = parse_hub_reference(reference)
     target = hub_cache_folder(reference, folder)
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
-        return target / "model.safetensors"
+    if (target / "config.json").is_file() and weights_file_in(target) is not None:
+        return weights_file_in(target)
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -86,6 +91,10 @@ def hub_weights(reference: str, folder: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".download-"))
     try:
         snapshot_download(repo, revision=revision, local_dir=staging, allow_patterns=_WEIGHTS_PATTERNS, etag_timeout=10)
+        if not (staging / "model.safetensors").is_file():
+            snapshot_download(
+                repo, revision=revision, local_dir=staging, allow_patterns=_OLDER_WEIGHTS_PATTERNS, etag_timeout=10
+            )
     except GatedRepoError:
         why = "is gated: accept its conditions on the Hub and log in (hf auth login, or HF_TOKEN)"
     except RepositoryNotFoundError:
@@ -98,8 +107,8 @@ def hub_weights(reference: str, folder: Path) -> Path:
         why = f"cannot be downloaded ({type(err).__name__}: {_first_line(err)})"
     else:
         why = None
-    if why is None and not (staging / "model.safetensors").is_file():
-        why = "has no model.safetensors (only safetensors weights are read)"
+    if why is None and (weights_file_in(staging) is None or not (staging / "config.json").is_file()):
+        why = "is not a transformers model: it lacks config.json, or model.safetensors and pytorch_model.bin"
     if why is not None:
         shutil.rmtree(staging, ignore_errors=True)
         raise HubUnavailableError(
@@ -110,7 +119,7 @@ def hub_weights(reference: str, folder: Path) -> Path:
         staging.rename(target)
     except OSError:  # another process got there first
         shutil.rmtree(staging, ignore_errors=True)
-    return target / "model.safetensors"
+    return weights_file_in(target)
 
 
 def push_folder(folder: Path, repo_id: str, commit_message: str) -> str:

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from mae_lightning.checkpoint import read_checkpoint
 from mae_lightning.cli import main, resolve_weights_reference
 from mae_lightning.export import export_transformers
 from mae_lightning.export import main as export_main
+from mae_lightning.models import MaskedAutoencoder
+from mae_lightning.models.weights import load_weights
 from mae_lightning.runtime import hub
 from mae_lightning.runtime.hub import HubUnavailableError, hub_cache_folder, hub_weights, parse_hub_reference
 from tests.helpers import FAST_16PX, QUICKSTART, TINY_MAE, cli_checkpoint, tiny_mae
@@ -207,3 +211,28 @@ def test_push_is_one_commit_of_the_whole_folder(tmp_path, monkeypatch, capsys):
     assert calls[1][1:] == (["README.md", "config.json", "model.safetensors"], "me/tiny-mae")
     assert "pushed" in capsys.readouterr().out
     assert hub.HUB_PREFIX + "me/tiny-mae" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_an_older_repository_with_pytorch_weights_only_is_read_from_its_bin_file(tmp_path, offline):
+    """Older Hub repositories have ``pytorch_model.bin`` and no safetensors: read with weights_only=True."""
+    reference = "hf:someone/older-mae"
+    folder = _exported(hub_cache_folder(reference, tmp_path))
+    tensors = load_file(folder / "model.safetensors")  # transformers' names, as on the Hub
+    torch.save(tensors, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+    weights = hub_weights(reference, tmp_path)
+
+    assert weights == folder / "pytorch_model.bin"
+    model = MaskedAutoencoder(**read_checkpoint(weights).model_args)
+    assert not load_weights(model, weights, strict=True).missing
+    assert torch.equal(
+        model.state_dict()["blocks.0.attn.qkv.weight"], tiny_mae(seed=0).state_dict()["blocks.0.attn.qkv.weight"]
+    )
+
+
+def test_a_repository_without_transformers_weights_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *args, **kwargs: None)  # nothing matched
+    with pytest.raises(HubUnavailableError, match="is not a transformers model: it lacks config.json"):
+        hub_weights("hf:someone/timm-weights", tmp_path)
+    assert list(tmp_path.iterdir()) == []
