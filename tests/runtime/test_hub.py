@@ -23,7 +23,7 @@ from mae_lightning.models import MaskedAutoencoder
 from mae_lightning.models.weights import load_weights
 from mae_lightning.runtime import hub
 from mae_lightning.runtime.hub import HubUnavailableError, hub_cache_folder, hub_weights, parse_hub_reference
-from tests.helpers import FAST_16PX, QUICKSTART, TINY_MAE, cli_checkpoint, tiny_mae
+from tests.helpers import CONFIGS, FAST_16PX, QUICKSTART, TINY_MAE, cli_checkpoint, tiny_mae
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
@@ -236,3 +236,23 @@ def test_a_repository_without_transformers_weights_says_so_and_leaves_nothing(tm
     with pytest.raises(HubUnavailableError, match="is not a transformers model: it lacks config.json"):
         hub_weights("hf:someone/timm-weights", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_linear_probe_starts_from_a_transformers_folder_whose_config_gives_the_encoder_size(tmp_path, monkeypatch):
+    """``pretrained`` names a folder (no file in it named); the quickstart's unnamed size comes from config.json."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mae_lightning"])
+    first = main(["fit", "--config", QUICKSTART, *FAST_16PX, "--trainer.fast_dev_run", "true"])
+    first.trainer.save_checkpoint(tmp_path / "first.ckpt")
+    export_transformers(tmp_path / "first.ckpt", tmp_path / "vit_hf", encoder_only=True)
+
+    probe = main(
+        ["fit", "--config", str(CONFIGS / "linprobe" / "quickstart.yaml"), *FAST_16PX, "--trainer.fast_dev_run", "true"]
+        + ["--model.init_args.pretrained", str(tmp_path / "vit_hf")]
+    )
+
+    assert probe.config.fit.model.init_args.pretrained == str(tmp_path / "vit_hf" / "model.safetensors")
+    encoder = first.model.model.state_dict()
+    for name, tensor in probe.model.model.state_dict().items():
+        if name.startswith(("blocks.", "patch_embed.", "cls_token")):
+            assert torch.equal(tensor, encoder[name]), name
