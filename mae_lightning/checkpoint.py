@@ -174,11 +174,6 @@ class Checkpoint:
         return read_state_dict(self.contents, prefix="model." if self.is_lightning else None)
 
     @property
-    def encoder(self) -> dict[str, Tensor]:
-        """The encoder's tensors (:data:`ENCODER_KEYS`): no decoder, mask token or classification head."""
-        return part(self.state_dict, ENCODER_KEYS)
-
-    @property
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters a Lightning checkpoint records (the resolved config under the CLI); {} otherwise."""
         hparams = self.contents.get("hyper_parameters") if isinstance(self.contents, Mapping) else None

@@ -31,10 +31,6 @@ class HubUnavailableError(ValueError):
     """A Hub reference that cannot be resolved, or a folder that cannot be published."""
 
 
-def is_hub_reference(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(HUB_PREFIX)
-
-
 def parse_hub_reference(reference: str) -> tuple[str, str | None]:
     """``hf:owner/name@rev`` -> (``owner/name``, ``rev``); the revision is None when not given (the main branch).
 

@@ -43,10 +43,6 @@ class WandbLogger(LightningWandbLogger):
         self._log_model = log_model
 
 
-def is_artifact_reference(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(ARTIFACT_PREFIX)
-
-
 def artifact_file(reference: str, folder: Path) -> Path:
     """The checkpoint file of ``reference`` (``wandb:entity/project/name:alias``), downloaded once into ``folder``.
 
