@@ -1,6 +1,12 @@
 """Masked Autoencoder pretraining with PyTorch Lightning."""
 
-from mae_lightning.callbacks import EmbeddingWriter, KNNMonitor, ReconstructionCallback
+from mae_lightning.callbacks import (
+    EmbeddingWriter,
+    KNNMonitor,
+    ReconstructionCallback,
+    SegmentationMaskWriter,
+    SegmentationReport,
+)
 from mae_lightning.classify import FineTune, ImageClassification, LinearProbe
 from mae_lightning.data import (
     CIFAR10DataModule,
@@ -8,13 +14,15 @@ from mae_lightning.data import (
     DigitsDataModule,
     ImageFolderDataModule,
     MAEDataModule,
+    SegmentationDataModule,
     STL10DataModule,
     StreamingDataModule,
 )
 from mae_lightning.masking import BlockMasking, GridMasking, MaskingStrategy, RandomMasking
-from mae_lightning.models import MaskedAutoencoder, VisionTransformer
+from mae_lightning.models import MaskedAutoencoder, Segmenter, VisionTransformer
 from mae_lightning.pretrain import MAEPretraining
 from mae_lightning.runtime import RollbackOnNonFiniteLoss, WandbLogger
+from mae_lightning.segment import Segmentation
 
 __version__ = "0.1.0"
 
@@ -38,6 +46,11 @@ __all__ = [
     "ReconstructionCallback",
     "RollbackOnNonFiniteLoss",
     "STL10DataModule",
+    "Segmentation",
+    "SegmentationDataModule",
+    "SegmentationMaskWriter",
+    "SegmentationReport",
+    "Segmenter",
     "StreamingDataModule",
     "VisionTransformer",
     "WandbLogger",

@@ -95,6 +95,23 @@ def warmup_cosine_lr(epoch: float, peak_lr: float, min_lr: float, warmup_epochs:
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def warmup_poly_lr(
+    epoch: float, peak_lr: float, min_lr: float, warmup_epochs: float, epochs: float, power: float = 1.0
+) -> float:
+    """Linear warmup from 0, then polynomial decay ``(1 - progress) ** power`` down to ``min_lr``.
+
+    mmsegmentation's ``PolyLR`` after its ``LinearLR`` warmup (power 1.0 in the MAE / BEiT segmentation recipes).
+    """
+    if epoch < warmup_epochs:
+        return peak_lr * epoch / warmup_epochs
+    progress = min((epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12), 1.0)
+    return min_lr + (peak_lr - min_lr) * (1.0 - progress) ** power
+
+
+# The decays after the warmup that a recipe can name.
+LR_DECAYS = {"cosine": warmup_cosine_lr, "poly": warmup_poly_lr}
+
+
 @dataclass(frozen=True)
 class RunLength:
     """How long a run trains: in (fractional) epochs and in optimizer steps."""
@@ -138,8 +155,11 @@ def check_warmup(warmup_epochs: float, length: RunLength) -> None:
         )
 
 
-def set_scheduled_lr(trainer, batch_idx: int, peak_lr: float, min_lr: float, warmup_epochs: float) -> None:
-    """Set the warmup + cosine lr of this point of the run, once per optimizer step (as the official loop).
+def set_scheduled_lr(
+    trainer, batch_idx: int, peak_lr: float, min_lr: float, warmup_epochs: float, decay: str = "cosine"
+) -> None:
+    """Set the warmup + ``decay`` (:data:`LR_DECAYS`) lr of this point of the run, once per optimizer step (as the
+    official loop).
 
     Called before every training batch: it acts at the first micro-batch of each accumulated step, at the
     fractional epoch ``current_epoch + batch_idx / batches per epoch``, over :func:`trainer_run_length`.
@@ -147,7 +167,7 @@ def set_scheduled_lr(trainer, batch_idx: int, peak_lr: float, min_lr: float, war
     if batch_idx % trainer.accumulate_grad_batches:
         return
     epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
-    lr = warmup_cosine_lr(epoch, peak_lr, min_lr, warmup_epochs, trainer_run_length(trainer).epochs)
+    lr = LR_DECAYS[decay](epoch, peak_lr, min_lr, warmup_epochs, trainer_run_length(trainer).epochs)
     set_lr(trainer.optimizers[0], lr)
 
 

@@ -55,6 +55,8 @@ class Recipe(LightningModule):
 
     # The constructor argument that names the weights file to start from (None: the protocol has none).
     weights_argument: str | None = None
+    # The decay after the warmup (a key of optim.LR_DECAYS).
+    lr_decay: str = "cosine"
 
     def __init__(
         self,
@@ -196,7 +198,9 @@ class Recipe(LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         scale = self.lr_scale
-        set_scheduled_lr(self.trainer, batch_idx, self.peak_lr * scale, self.min_lr * scale, self.warmup_epochs)
+        set_scheduled_lr(
+            self.trainer, batch_idx, self.peak_lr * scale, self.min_lr * scale, self.warmup_epochs, self.lr_decay
+        )
 
     # ------------------------------------------------------------------ logs
     def log_train_loss(self, loss: Tensor, batch_size: int) -> None:

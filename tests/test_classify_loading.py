@@ -93,7 +93,7 @@ def test_validating_a_pretraining_file_fails_with_one_line(tmp_path):
     mae = tiny_mae(depth=2)
     path = tmp_path / "mae_visualize_vit_tiny.pth"
     torch.save({"model": mae.state_dict()}, path)
-    with pytest.raises(ValueError, match="has no classification head") as info:
+    with pytest.raises(ValueError, match="has no head") as info:
         make_trainer(tmp_path).validate(
             FineTune(tiny_vit(), pretrained=str(path)), digits(batch_size=64), verbose=False
         )

@@ -5,6 +5,7 @@ from mae_lightning.data.base import MAEDataModule
 from mae_lightning.data.datasets import FileList
 from mae_lightning.data.digits import Digits, DigitsDataModule
 from mae_lightning.data.image_folder import ImageFolderDataModule
+from mae_lightning.data.segmentation import SegmentationDataModule
 from mae_lightning.data.shards import StreamingDataModule
 from mae_lightning.data.torchvision_sets import CIFAR10DataModule, CIFAR100DataModule, STL10DataModule
 
@@ -18,5 +19,6 @@ __all__ = [
     "MAEDataModule",
     "ReadArray",
     "STL10DataModule",
+    "SegmentationDataModule",
     "StreamingDataModule",
 ]

@@ -11,9 +11,11 @@ from mae_lightning.models.presets import (
     mae_vit_tiny_patch4_32,
     mae_vit_tiny_patch16,
 )
+from mae_lightning.models.segmenter import Segmenter
 
 __all__ = [
     "MaskedAutoencoder",
+    "Segmenter",
     "VisionTransformer",
     "load_pretrained_encoder",
     "mae_vit_base_patch16",

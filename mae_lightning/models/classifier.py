@@ -159,7 +159,7 @@ def load_pretrained_encoder(model: VisionTransformer, path: str | Path) -> dict[
 
 
 def load_classifier(model: VisionTransformer, path: str | Path) -> dict[str, str]:
-    """Load a trained classifier into ``model`` as published: encoder, final norm and head.
+    """Load a trained classifier (or segmenter) into ``model`` as published: encoder, final norm and head.
 
     For evaluating a file as it is: an official fine-tuned ``mae_finetuned_vit_*.pth`` (``fc_norm`` and
     ``head``), an official linear probe's (``head.0`` BatchNorm statistics and ``head.1``, as
@@ -170,13 +170,13 @@ def load_classifier(model: VisionTransformer, path: str | Path) -> dict[str, str
         key -> what was done to it, for the position tables that were adapted.
 
     Raises:
-        WeightsMismatchError (a ValueError): the file has no classification head, or does not fit ``model``.
+        WeightsMismatchError (a ValueError): the file has no head, or does not fit ``model``.
     """
     state = read_pretrained(path).state_dict
     if not part(state, ["head."]):
         raise WeightsMismatchError(
-            f"pretrained checkpoint {str(path)!r} has no classification head (no head.* weights) to evaluate: "
-            "fine-tune or linear-probe it first, or pass the fine-tuned checkpoint with --ckpt_path"
+            f"pretrained checkpoint {str(path)!r} has no head (no head.* weights) to evaluate: "
+            "fine-tune, linear-probe or segment with it first, or pass the trained checkpoint with --ckpt_path"
         )
     try:
         report = load_weights(model, state, strict=True)
