@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -50,7 +51,7 @@ class Segmentation(Recipe):
 
     Trains on crops (the data's ``img_size``), evaluates on whole images of any size: in one pass (``whole``) or
     (``slide``) in overlapping crops whose logits are averaged, as mmsegmentation. Logs ``val/mIoU``, ``val/mAcc``,
-    ``val/aAcc``, ``val/loss`` and ``val/IoU/<class>`` (``test/`` alike); ``predict`` returns each image's class
+    ``val/aAcc`` and ``val/IoU/<class>`` (``test/`` alike); ``predict`` returns each image's class
     map (write them with :class:`~mae_lightning.callbacks.SegmentationMaskWriter`).
 
     Args:
@@ -136,6 +137,22 @@ class Segmentation(Recipe):
             return sliding_window(self.model, imgs, self.eval_crop, self.eval_stride, self.num_classes)
         return self.model(imgs)
 
+    def predict_classes(self, imgs: Tensor, sizes: Tensor) -> Tensor:
+        """Class maps of a padded evaluation batch, each image read at its own size ``sizes`` (N, 2): its prediction
+        does not depend on the images it is batched with. (N, C, H, W) -> (N, H, W), the padding the ignore index.
+
+        A batch of one size is one pass. Images of several sizes are read one at a time; under FSDP, whose every
+        forward needs all processes, every batch is, so each process makes as many passes as the others.
+        """
+        sharded = isinstance(self.trainer.strategy, FSDPStrategy) if self._trainer is not None else False
+        height, width = imgs.shape[-2:]
+        if not sharded and bool((sizes == sizes.new_tensor([height, width])).all()):
+            return self(imgs).argmax(dim=1)
+        classes = torch.full(imgs.shape[:1] + imgs.shape[2:], self.ignore_index, dtype=torch.long, device=imgs.device)
+        for i, (h, w) in enumerate(sizes.tolist()):
+            classes[i, :h, :w] = self(imgs[i : i + 1, :, :h, :w]).argmax(dim=1)[0]
+        return classes
+
     def load_weights_file(self, path: str, stage: str) -> bool:
         if stage == "fit":
             load_pretrained_encoder(self.model, path)
@@ -201,12 +218,9 @@ class Segmentation(Recipe):
         return torch.where(repeated[:, None, None], self.ignore_index, masks)
 
     def _evaluate(self, batch, stage: str, dataset_size: int) -> dict[str, Tensor]:
-        imgs, masks = batch[0], batch[1]
+        imgs, masks, _, sizes = batch
         masks = self._unpadded(masks, dataset_size)
-        logits = self(imgs)
-        if (masks != self.ignore_index).any():  # a batch of repeats or void alone has no loss
-            self.log(f"{stage}/loss", self.loss(logits, masks), sync_dist=True, batch_size=imgs.shape[0])
-        preds = logits.argmax(dim=1)
+        preds = self.predict_classes(imgs, sizes)
         self.confusion[stage].update(preds, masks)
         return {"preds": preds}
 
@@ -242,5 +256,6 @@ class Segmentation(Recipe):
         self._log_scores("test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        """Each image's class map (``mask``, (N, H, W) at the padded batch size) and its dataset ``index``."""
-        return {"mask": self(batch[0]).argmax(dim=1), "index": batch[2]}
+        """Each image's class map (``mask``, (N, H, W) padded as the batch), dataset ``index`` and ``size`` (N, 2)."""
+        imgs, _, indices, sizes = batch
+        return {"mask": self.predict_classes(imgs, sizes), "index": indices, "size": sizes}

@@ -232,9 +232,11 @@ class SegmentationMaskWriter(BasePredictionWriter):
         colours = palette(pl_module.num_classes)
         flat_palette = colours.flatten().tolist()
         self._dir.mkdir(parents=True, exist_ok=True)
-        for mask, index in zip(prediction["mask"].cpu().numpy(), prediction["index"].tolist(), strict=True):
+        sizes = prediction["size"].tolist()
+        for mask, index, (height, width) in zip(
+            prediction["mask"].cpu().numpy(), prediction["index"].tolist(), sizes, strict=True
+        ):
             path = dataset.samples[index][0]
-            height, width = image_size(path, dataset)
             labels = mask[:height, :width]
             if len(colours) < 256:
                 written = Image.fromarray(labels.astype(np.uint8), mode="P")
@@ -247,12 +249,3 @@ class SegmentationMaskWriter(BasePredictionWriter):
                 image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
                 blended = (1 - self.alpha) * image + self.alpha * colourise(labels, colours)
                 Image.fromarray(blended.round().astype(np.uint8)).save(self._dir / f"{stem}_overlay.png")
-
-
-def image_size(path: str, dataset) -> tuple[int, int]:
-    """(height, width) of an image file (its header only) or of an array file (read)."""
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except OSError:
-        return tuple(dataset.load_image(path).shape[-2:])

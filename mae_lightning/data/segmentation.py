@@ -83,7 +83,8 @@ class MaskLabels:
     Args:
         num_classes: labels are ``0 .. num_classes - 1`` (after the reduction).
         ignore_index: the label of pixels left out of the loss and the metrics.
-        reduce_zero_label: 0 becomes ``ignore_index``, every other label ``label - 1`` (mmsegmentation's ADE20K).
+        reduce_zero_label: 0 becomes ``ignore_index``, every other label but ``ignore_index`` itself ``label - 1``
+            (mmsegmentation's ADE20K).
     """
 
     def __init__(self, num_classes: int, ignore_index: int, reduce_zero_label: bool = False) -> None:
@@ -92,8 +93,8 @@ class MaskLabels:
         self.reduce_zero_label = reduce_zero_label
 
     def __call__(self, labels: Tensor, path: str) -> Tensor:
-        if self.reduce_zero_label:
-            labels = torch.where(labels == 0, self.ignore_index, labels - 1)
+        if self.reduce_zero_label:  # as mmsegmentation: pixels already at the ignore index stay there
+            labels = torch.where((labels == 0) | (labels == self.ignore_index), self.ignore_index, labels - 1)
         bad = (labels != self.ignore_index) & ((labels < 0) | (labels >= self.num_classes))
         if bad.any():
             values = sorted(set(labels[bad].unique().tolist()))
@@ -197,7 +198,9 @@ class NormalizeImage:
 
 class PadToLargest:
     """Collate samples of different sizes: pad each image (with 0) and mask (with ``ignore_index``) at the bottom and
-    the right to the largest height and width of the batch. Samples of one size are stacked as they are."""
+    the right to the largest height and width of the batch. Samples of one size are stacked as they are. Samples
+    with an index (evaluation) give ``(images, masks, indices, sizes)``, ``sizes`` (N, 2) each image's own
+    (height, width): the model reads each image without the padding (``Segmentation``)."""
 
     def __init__(self, ignore_index: int) -> None:
         self.ignore_index = ignore_index
@@ -213,6 +216,7 @@ class PadToLargest:
         batch = [torch.stack(images), torch.stack(masks)]
         if len(samples[0]) > 2:
             batch.append(torch.tensor([sample[2] for sample in samples]))
+            batch.append(torch.tensor([tuple(sample[0].shape[-2:]) for sample in samples]))
         return tuple(batch)
 
 
@@ -240,8 +244,9 @@ class SegmentationDataModule(MAEDataModule):
     """Images and their masks for semantic segmentation: training crops, whole-image evaluation, images to predict.
 
     Batches are ``(images (N, C, H, W), masks (N, H, W) int64)`` in training and
-    ``(images, masks, indices)`` in evaluation, where images of different sizes are padded to the largest (masks with
-    ``ignore_index``, so the padding counts nowhere). ``img_size`` is the training crop, (height, width) or a side.
+    ``(images, masks, indices, sizes)`` in evaluation, where images of different sizes are padded to the largest
+    (masks with ``ignore_index``) and ``sizes`` (N, 2) holds each one's own (height, width). ``img_size`` is the
+    training crop, (height, width) or a side.
     The pairs are listed, and the first one read and checked, when the DataModule is made; any pair is checked
     when it is read. Unreadable files are skipped and counted as images are; a mask of another size than its image,
     or with labels outside ``[0, num_classes)`` other than ``ignore_index``, stops the run in one line naming it.

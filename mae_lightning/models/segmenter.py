@@ -115,12 +115,12 @@ class Segmenter(VisionTransformer):
         x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2) + pos_embed[:, 1:]
         cls_token = (self.cls_token + pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls_token, x], dim=1)
-        features = []
+        outputs = {}
         for index, block in enumerate(self.blocks[: max(self.out_indices) + 1]):
             x = block(x)
             if index in self.out_indices:
-                features.append(x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid))
-        return features
+                outputs[index] = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        return [outputs[index] for index in self.out_indices]
 
     def forward_with_auxiliary(self, imgs: Tensor) -> tuple[Tensor, Tensor | None]:
         """(logits, auxiliary logits or None), both (N, num_classes, H, W) at the size of ``imgs``."""

@@ -1,0 +1,121 @@
+"""Segmentation through the command line, as a user runs it: configs/segment/camvid.yaml from a pretraining
+checkpoint's path alone (the encoder's size read from it), its scores, pictures and per-class table, ``predict``
+writing one mask per image, and a 2-process validation that scores what 1 process does."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mae_lightning.cli import main
+from tests.helpers import CONFIGS, QUIET, TINY_MAE, cli_checkpoint, run_cli, tiny_mae
+
+CAMVID = str(CONFIGS / "segment" / "camvid.yaml")
+PREDICT = str(CONFIGS / "segment" / "predict.yaml")
+NAMES = ["dark", "grey", "light"]
+
+
+def write_pairs(folder, sizes, seed):
+    """Grey images whose three vertical bands are three classes, each with its own brightness, plus noise."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir(parents=True)
+    for i, (height, width) in enumerate(sizes):
+        mask = np.zeros((height, width), dtype=np.uint8)
+        cut = sorted(rng.integers(4, width - 4, size=2))
+        mask[:, cut[0] :], mask[:, cut[1] :] = 1, 2
+        mask[: height // 5] = 255  # void
+        image = np.clip(mask.astype(float) * 90 + 20 + rng.normal(0, 8, mask.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"frame_{i:03d}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"frame_{i:03d}.png")
+
+
+@pytest.fixture
+def segmentation_data(tmp_path):
+    write_pairs(tmp_path / "scenes" / "train", [(20, 28)] * 8, seed=0)
+    write_pairs(tmp_path / "scenes" / "val", [(20, 28), (18, 30), (24, 26), (20, 28), (22, 33)], seed=1)
+    # As the command line writes a pretraining checkpoint: the model's arguments recorded with its weights.
+    cli_checkpoint(tmp_path / "mae.ckpt", tiny_mae(seed=0, depth=4), {**TINY_MAE, "depth": 4})
+    return tmp_path
+
+
+def camvid_args(root, *extra):
+    """configs/segment/camvid.yaml on the small scenes: 3 classes, 1 channel, a tiny head, one short epoch."""
+    return [
+        "--config", CAMVID,
+        "--model.init_args.pretrained", str(root / "mae.ckpt"),
+        "--model.init_args.model.init_args.num_classes", "3",
+        "--model.init_args.model.init_args.head_channels", "16",
+        "--model.init_args.model.init_args.auxiliary_channels", "8",
+        "--model.init_args.ignore_index", "255",
+        "--data.init_args.root", str(root / "scenes"),
+        "--data.init_args.num_classes", "3",
+        "--data.init_args.ignore_index", "255",
+        "--data.init_args.class_names", str(NAMES),
+        "--data.init_args.img_size", "[16, 24]",
+        "--data.init_args.in_chans", "1",
+        "--data.init_args.mean", "[0.5]",
+        "--data.init_args.std", "[0.25]",
+        "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0",
+        "--trainer.max_epochs", "2",
+        "--trainer.default_root_dir", str(root / "runs"),
+        *QUIET, *extra,
+    ]  # fmt: skip
+
+
+def test_the_camvid_config_segments_from_a_checkpoint_path_alone_and_predict_writes_masks(
+    segmentation_data, run_in_tmp
+):
+    root = segmentation_data
+    main(["fit", *camvid_args(root)])
+
+    run = root / "runs" / "version_0"
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    scores = [row for row in rows if row.get("val/mIoU")]
+    assert len(scores) == 2
+    for name in ("val/mIoU", "val/mAcc", "val/aAcc", *(f"val/IoU/{n}" for n in NAMES)):
+        assert 0.0 <= float(scores[-1][name]) <= 1.0, name
+    with open(run / "segmentation" / "per_class_iou.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [row["class"] for row in table] == NAMES * 2
+    assert {row["epoch"] for row in table} == {"0", "1"}
+    last = {row["class"]: float(row["iou"]) for row in table if row["epoch"] == "1"}
+    assert last == pytest.approx({n: float(scores[-1][f"val/IoU/{n}"]) for n in NAMES})
+    picture = Image.open(run / "segmentation" / "epoch=0001.png")
+    assert picture.width == 3 * 30 + 8  # image | ground truth | prediction of the first batch, padded to 30 wide
+
+    main(["predict", *camvid_args(root, "--config", PREDICT), "--ckpt_path", str(root / "runs/checkpoints/last.ckpt")])
+    written = sorted((root / "runs" / "version_1" / "predictions").glob("frame_???.png"))
+    assert [p.name for p in written] == [f"frame_{i:03d}.png" for i in range(5)]
+    for path in written:
+        mask = Image.open(path)
+        image = Image.open(root / "scenes" / "val" / "images" / path.name)
+        assert mask.mode == "P" and mask.size == image.size  # cropped back from the padded batch
+        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1, 2}
+        assert Image.open(path.with_name(path.stem + "_overlay.png")).size == image.size
+
+
+def test_a_segmenter_whose_classes_differ_from_the_data_stops_at_setup(segmentation_data, run_in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", *camvid_args(segmentation_data, "--model.init_args.model.init_args.num_classes", "4")])
+    assert "num_classes=4 and the data num_classes=3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_validation_scores_what_one_process_does(segmentation_data):
+    root = segmentation_data
+    main(["fit", *camvid_args(root, "--trainer.max_epochs", "1")])
+    checkpoint = str(root / "runs" / "checkpoints" / "last.ckpt")
+    scores = {}
+    for devices in (1, 2):
+        extra = ["--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto"]
+        result = run_cli(root, "validate", *camvid_args(root, *extra), "--ckpt_path", checkpoint)
+        # 5 validation images on 2 processes: the sampler repeats one, which must not count twice.
+        scores[devices] = re.search(r"val: (mIoU .*)", result.stdout + result.stderr).group(1)
+    assert scores[1] == scores[2]
