@@ -99,7 +99,8 @@ class MaskLabels:
         if bad.any():
             values = sorted(set(labels[bad].unique().tolist()))
             raise BadMaskError(
-                f"{path}: labels {values[:8]} are outside [0, {self.num_classes}) and are not the ignore index "
+                f"{path}: labels {values[:8]}{' (after reduce_zero_label)' if self.reduce_zero_label else ''} are "
+                f"outside [0, {self.num_classes}) and are not the ignore index "
                 f"{self.ignore_index}: set data.init_args.num_classes, ignore_index or reduce_zero_label to the masks'"
             )
         return labels

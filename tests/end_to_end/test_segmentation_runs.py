@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mae_lightning.cli import main
@@ -119,3 +120,37 @@ def test_two_process_validation_scores_what_one_process_does(segmentation_data):
         # 5 validation images on 2 processes: the sampler repeats one, which must not count twice.
         scores[devices] = re.search(r"val: (mIoU .*)", result.stdout + result.stderr).group(1)
     assert scores[1] == scores[2]
+
+
+ADE20K = str(CONFIGS / "segment" / "ade20k_vit_base.yaml")
+
+
+def test_the_ade20k_config_is_the_papers_recipe_and_trains_a_step_on_its_layout(tmp_path, run_in_tmp):
+    # The ADE20K layout, labels 0 ("other") .. 150, reduced to 0..149 with 0 ignored.
+    rng = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        (tmp_path / "ade" / "images" / split).mkdir(parents=True)
+        (tmp_path / "ade" / "annotations" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+                tmp_path / "ade" / "images" / split / f"ADE_{split}_{i}.jpg"
+            )
+            labels = rng.integers(0, 151, (40, 56), dtype=np.uint8)
+            Image.fromarray(labels).save(tmp_path / "ade" / "annotations" / split / f"ADE_{split}_{i}.png")
+    tiny = ["--model.init_args.pretrained", "null", "--data.init_args.root", str(tmp_path / "ade")]
+    tiny += [f"--model.init_args.model.init_args.{k}={v}" for k, v in dict(patch_size=16, embed_dim=32, depth=4,
+             num_heads=2, head_channels=16, auxiliary_channels=8).items()]  # fmt: skip
+    tiny += ["--data.init_args.img_size", "[32, 48]", "--data.init_args.num_workers", "0", *QUIET]
+    tiny += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto"]
+    tiny += ["--trainer.sync_batchnorm", "false", "--trainer.precision", "32"]
+    tiny += ["--model.init_args.eval_crop", "[32, 48]", "--model.init_args.eval_stride", "[16, 32]"]
+    cli = main(["fit", "--config", ADE20K, *tiny, "--trainer.fast_dev_run", "1"])
+
+    module, data, trainer = cli.model, cli.datamodule, cli.trainer
+    assert (module.lr, module.layer_decay, module.weight_decay, module.betas) == (1e-4, 0.65, 0.05, (0.9, 0.999))
+    assert (module.lr_decay, module.auxiliary_weight, module.eval_mode) == ("poly", 0.4, "slide")
+    assert (module.num_classes, data.num_classes, data.ignore_index, len(data.class_names)) == (150, 150, 255, 150)
+    assert cli.config_init["fit"]["trainer"]["max_steps"] == 160000
+    assert trainer.global_step == 1
+    raw = torch.from_numpy(np.asarray(Image.open(data.train_set.samples[0][1])).astype(np.int64))
+    assert torch.equal(data.mask_labels(raw, "x"), torch.where(raw == 0, 255, raw - 1))
