@@ -18,7 +18,15 @@ from mae_lightning.data import (
     STL10DataModule,
     StreamingDataModule,
 )
-from mae_lightning.masking import BlockMasking, GridMasking, MaskingStrategy, RandomMasking
+from mae_lightning.masking import (
+    BlockMasking,
+    FrequencyMasking,
+    GridMasking,
+    MaskingStrategy,
+    RandomMasking,
+    TimeFrequencyMasking,
+    TimeMasking,
+)
 from mae_lightning.models import MaskedAutoencoder, Segmenter, VisionTransformer
 from mae_lightning.pretrain import MAEPretraining
 from mae_lightning.runtime import RollbackOnNonFiniteLoss, WandbLogger
@@ -33,6 +41,7 @@ __all__ = [
     "DigitsDataModule",
     "EmbeddingWriter",
     "FineTune",
+    "FrequencyMasking",
     "GridMasking",
     "ImageClassification",
     "ImageFolderDataModule",
@@ -52,6 +61,8 @@ __all__ = [
     "SegmentationReport",
     "Segmenter",
     "StreamingDataModule",
+    "TimeFrequencyMasking",
+    "TimeMasking",
     "VisionTransformer",
     "WandbLogger",
 ]

@@ -2,7 +2,8 @@
 
 Every strategy hides exactly the same number of patches per sample (:func:`mask_from_scores`), so the model's
 fast path works with any of them. The scores are the ``noise`` that ``MaskedAutoencoder.forward`` accepts.
-Here: :class:`RandomMasking` (the paper's default), :class:`BlockMasking` (BEiT's) and :class:`GridMasking`.
+Here: :class:`RandomMasking` (the paper's default), :class:`BlockMasking` (BEiT's), :class:`GridMasking`, and for
+spectrograms (Audio-MAE's) :class:`TimeMasking`, :class:`FrequencyMasking` and :class:`TimeFrequencyMasking`.
 
 A new strategy is one small subclass with a ``scores`` method; select it in YAML with
 ``model.init_args.model.init_args.masking: {class_path: mae_lightning.BlockMasking}``.
@@ -246,6 +247,112 @@ class GridMasking(MaskingStrategy):
                 f"0.9375, ...) and the patch grid a multiple of k, got mask_ratio={mask_ratio} on a {gh}x{gw} grid"
             )
         return k
+
+
+class _WholeLineMasking(MaskingStrategy):
+    """Whole lines of the patch grid (columns when ``axis`` is 1, rows when 0) hidden at random, in a random order.
+
+    Every sample ranks its lines in a random order; the patches of a line share its rank (plus a tie-break below
+    half a rank, so lines never interleave), so the visible patches are whole lines, the best ranked first, and
+    where ``int(L * (1 - mask_ratio))`` is not a multiple of the line length one line is partly visible (its
+    lowest-scored patches): the count is exact as for every strategy.
+    """
+
+    axis: int  # the grid axis the lines run across: 1 columns (time), 0 rows (frequency)
+
+    def scores(
+        self,
+        n: int,
+        grid: tuple[int, int],
+        mask_ratio: float,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        rank = _ranks(_rand((n, grid[self.axis]), device, generator)).float()
+        rank = rank[:, None, :] if self.axis == 1 else rank[:, :, None]
+        return (rank + 0.5 * _rand((n, *grid), device, generator)).flatten(1)
+
+
+class TimeMasking(_WholeLineMasking):
+    """Audio-MAE's time masking: whole time frames (columns of the patch grid) hidden at random.
+
+    A spectrogram is an image (1, n_mels, frames): the rows of the patch grid are frequency bands, its columns
+    time frames. The visible patches are whole columns, in a random order per sample; where
+    ``int(L * (1 - mask_ratio))`` is not a multiple of the column height, one column is partly visible (its
+    lowest-scored patches), so the count is exact as for every strategy.
+    """
+
+    axis = 1
+
+
+class FrequencyMasking(_WholeLineMasking):
+    """Audio-MAE's frequency masking: whole mel bands (rows of the patch grid) hidden at random.
+
+    :class:`TimeMasking` along the other axis: the visible patches are whole rows, with one row partly visible
+    where ``int(L * (1 - mask_ratio))`` is not a multiple of the row length.
+    """
+
+    axis = 0
+
+
+class TimeFrequencyMasking(MaskingStrategy):
+    """Audio-MAE's 2-D masking (``random_masking_2d``): random time columns and random mel rows hidden at once.
+
+    A share ``time_ratio`` of the columns (time frames) is hidden, and a share ``freq_ratio`` of the rows
+    (mel bands) such that ``(1 - time_ratio) * (1 - freq_ratio) = 1 - mask_ratio``: at ``mask_ratio`` 0.8 the
+    default 0.6 gives ``freq_ratio`` 0.5, Audio-MAE's ``mask_t_prob`` and ``mask_f_prob``. A patch is visible
+    when both its column and its row are kept: ``round(gw * (1 - time_ratio))`` columns and
+    ``round(gh * (1 - freq_ratio))`` rows, at least one of each. The patches of kept rows and columns score
+    below all others, at random within each group, so exactly ``int(L * (1 - mask_ratio))`` are visible: where
+    rows x columns differs from it (rounding), the difference is taken from the crossing, or made up from
+    the other patches, at random.
+
+    Args:
+        time_ratio: share of the time columns hidden, in [0, 1) and at most ``mask_ratio``.
+    """
+
+    def __init__(self, time_ratio: float = 0.6) -> None:
+        if not 0 <= time_ratio < 1:
+            raise ValueError(f"TimeFrequencyMasking needs 0 <= time_ratio < 1, got time_ratio={time_ratio}")
+        self.time_ratio = time_ratio
+
+    def freq_ratio(self, mask_ratio: float) -> float:
+        """The share of mel rows hidden with ``mask_ratio``; raises where ``time_ratio`` alone hides more."""
+        if self.time_ratio > mask_ratio:
+            raise ValueError(
+                f"TimeFrequencyMasking hides time_ratio={self.time_ratio} of the columns, more than "
+                f"mask_ratio={mask_ratio} of the patches: time_ratio must be at most mask_ratio"
+            )
+        return 1 - (1 - mask_ratio) / (1 - self.time_ratio)
+
+    def scores(
+        self,
+        n: int,
+        grid: tuple[int, int],
+        mask_ratio: float,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        gh, gw = grid
+        keep_rows = max(1, round(gh * (1 - self.freq_ratio(mask_ratio))))
+        keep_cols = max(1, round(gw * (1 - self.time_ratio)))
+        row_kept = _ranks(_rand((n, gh), device, generator)) < keep_rows  # (n, gh)
+        col_kept = _ranks(_rand((n, gw), device, generator)) < keep_cols  # (n, gw)
+        hidden = ~(row_kept[:, :, None] & col_kept[:, None, :])
+        return (hidden.float() + _rand((n, gh, gw), device, generator)).flatten(1)
+
+
+def _ranks(noise: Tensor) -> Tensor:
+    """noise (n, k) -> (n, k) integer ranks 0..k-1 of each row: a random permutation for uniform noise."""
+    return torch.argsort(torch.argsort(noise, dim=1), dim=1)
+
+
+def _rand(shape: tuple[int, ...], device: torch.device | str, generator: torch.Generator | None) -> Tensor:
+    """Uniform [0, 1) values on ``device``: from the global generator of that device when ``generator`` is None,
+    else drawn where ``generator`` lives and moved (as :class:`RandomMasking`)."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
