@@ -11,7 +11,9 @@ and a step's further terms :meth:`MaskedAutoencoder.extra_terms`: one place each
 Two settings make pretraining cheaper, both from CrossMAE (Fu et al., 2024), both in :meth:`MaskedAutoencoder._decode`,
 the one decoder of every path: ``decoder_keep_ratio`` (partial reconstruction: a training step decodes and scores
 a random share of the removed patches) and ``decoder="cross"`` (mask-token queries cross-attend to the visible
-tokens instead of joining them in self-attention). The defaults are the paper's decoder and loss, bit for bit.
+tokens instead of joining them in self-attention). ``decoder="local"`` is Audio-MAE's decoder (Huang et al., 2022):
+attention within shifted windows of the patch grid, for spectrograms. The defaults are the paper's decoder and loss,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from mae_lightning.masking import MaskingStrategy, RandomMasking, mask_from_scores, num_kept
 from mae_lightning.models.pos_embed import sincos_2d
-from mae_lightning.models.vit import Block, CrossAttentionBlock, LayerNorm, PatchEmbed
+from mae_lightning.models.vit import Block, CrossAttentionBlock, LayerNorm, PatchEmbed, WindowAttentionBlock
 from mae_lightning.ops import gather_tokens, inverse_permutation, patchify, pool_tokens, unpatchify
 
 
@@ -69,14 +71,20 @@ class MaskedAutoencoder(nn.Module):
         decoder: ``"self"``, the paper's decoder (transformer blocks over the visible tokens and the mask
             tokens together), or ``"cross"``, CrossMAE's (Fu et al., 2024): each mask-token query attends to the
             visible tokens and the cls token only (cross-attention, no attention among the queries), so its cost
-            grows linearly with the number of patches decoded. Either way the decoder's own weights are
-            ``decoder_blocks.*``; the encoder and its ``state_dict`` are the same.
+            grows linearly with the number of patches decoded, or ``"local"``, Audio-MAE's (Huang et al., 2022): the
+            visible and mask tokens of the whole grid (the cls token set aside) attend within windows of
+            ``decoder_window`` patches, every second block's windows shifted by half a window (Swin's alternation),
+            for spectrograms, whose time-frequency patterns are local. Every decoder's own weights are
+            ``decoder_blocks.*``, and ``"local"`` has the keys of ``"self"``; the encoder and its ``state_dict`` are
+            the same.
         decoder_keep_ratio: share of the removed patches that a training step decodes and scores, in (0, 1]:
             ``max(1, round(num_removed * decoder_keep_ratio))`` of them, drawn uniformly per sample from the global
             torch generator (saved in checkpoints, so a resumed run repeats the draw). 1.0: all of them (the paper).
             Validation, test and :meth:`forward` always reconstruct every removed patch.
         decoder_fp32: run the decoder and the pixel head in float32 under mixed precision (autocast off), the
             workaround for a decoder whose bf16/fp16 loss turns NaN; a NaN rollback can set it during a run.
+        decoder_window: (rows, columns) of patches in a window of ``decoder="local"``, clamped to the grid;
+            (4, 4) is Audio-MAE's. Unused by the other decoders.
     """
 
     def __init__(
@@ -93,9 +101,10 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
         masking: MaskingStrategy | None = None,
-        decoder: Literal["self", "cross"] = "self",
+        decoder: Literal["self", "cross", "local"] = "self",
         decoder_keep_ratio: float = 1.0,
         decoder_fp32: bool = False,
+        decoder_window: tuple[int, int] = (4, 4),
     ) -> None:
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -104,10 +113,17 @@ class MaskedAutoencoder(nn.Module):
         for name, width in (("embed_dim", embed_dim), ("decoder_embed_dim", decoder_embed_dim)):
             if width % 4:
                 raise ValueError(f"{name} must be divisible by 4 for the 2-D sin-cos table, got {width}")
-        if decoder not in ("self", "cross"):
-            raise ValueError(f"decoder must be 'self' or 'cross', got {decoder!r}")
+        if decoder not in ("self", "cross", "local"):
+            raise ValueError(f"decoder must be 'self', 'cross' or 'local', got {decoder!r}")
         if not 0.0 < decoder_keep_ratio <= 1.0:
             raise ValueError(f"decoder_keep_ratio must be in (0, 1], got {decoder_keep_ratio}")
+        if decoder == "local" and decoder_keep_ratio < 1.0:
+            raise ValueError(
+                f"decoder='local' needs every patch on its grid: decoder_keep_ratio must be 1, got {decoder_keep_ratio}"
+            )
+        decoder_window = tuple(decoder_window)
+        if len(decoder_window) != 2 or not all(isinstance(w, int) and w > 0 for w in decoder_window):
+            raise ValueError(f"decoder_window must be two positive integers, got {decoder_window}")
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.norm_pix_loss = norm_pix_loss
@@ -115,6 +131,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder = decoder
         self.decoder_keep_ratio = decoder_keep_ratio
         self.decoder_fp32 = decoder_fp32
+        self.decoder_window = decoder_window
 
         # Encoder: sees the visible patches and the cls token only.
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -130,10 +147,18 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
-        block = CrossAttentionBlock if decoder == "cross" else Block
-        self.decoder_blocks = nn.ModuleList(
-            [block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
-        )
+        if decoder == "local":  # Swin's alternation: every second block's windows shifted by half a window
+            shifts = [
+                (0, 0) if i % 2 == 0 else (decoder_window[0] // 2, decoder_window[1] // 2) for i in range(decoder_depth)
+            ]
+            blocks = [
+                WindowAttentionBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, decoder_window, shift)
+                for shift in shifts
+            ]
+        else:
+            block = CrossAttentionBlock if decoder == "cross" else Block
+            blocks = [block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth)]
+        self.decoder_blocks = nn.ModuleList(blocks)
         self.decoder_norm = LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.target_dim)
 
@@ -356,7 +381,7 @@ class MaskedAutoencoder(nn.Module):
             return self.decoder_pred(self._decode(latent.float(), ids_keep, ids_masked, every_patch))
 
     def _decode(self, latent: Tensor, ids_keep: Tensor, ids_masked: Tensor, every_patch: bool = False) -> Tensor:
-        """The decoder, after ``decoder_norm``: the one place both decoders and partial reconstruction live.
+        """The decoder, after ``decoder_norm``: the one place the decoders and partial reconstruction live.
 
         latent: (N, 1 + K, D) the encoded cls and visible tokens, ids_keep: (N, K) their patches, ids_masked: (N, Q)
         removed patches to reconstruct (all of them or a subset) -> (N, Q, D_dec), in the order of ``ids_masked``.
@@ -381,10 +406,17 @@ class MaskedAutoencoder(nn.Module):
         order = torch.cat([ids_keep, ids_masked], dim=1).argsort(dim=1)
         tokens = torch.cat([visible[:, 1:], self.mask_token + table[1:][ids_masked]], dim=1)
         x = torch.cat([visible[:, :1], gather_tokens(tokens, order)], dim=1)
-        for block in self.decoder_blocks:
-            x = block(x)
-        # Per-token layers from here on: dropping the cls token before them gives the official output.
-        x = self.decoder_norm(x[:, 1:])
+        if self.decoder == "local":
+            # The windows tile the whole grid; the cls token has no place on it and is set aside (as in Audio-MAE).
+            x = x[:, 1:]
+            for block in self.decoder_blocks:
+                x = block(x, self.grid_size)
+            x = self.decoder_norm(x)
+        else:
+            for block in self.decoder_blocks:
+                x = block(x)
+            # Per-token layers from here on: dropping the cls token before them gives the official output.
+            x = self.decoder_norm(x[:, 1:])
         if every_patch:
             return x
         return gather_tokens(x, inverse_permutation(order)[:, ids_keep.shape[1] :])
