@@ -9,6 +9,7 @@ from mae_lightning.callbacks import (
 )
 from mae_lightning.classify import FineTune, ImageClassification, LinearProbe
 from mae_lightning.data import (
+    AudioFolderDataModule,
     CIFAR10DataModule,
     CIFAR100DataModule,
     DigitsDataModule,
@@ -35,6 +36,7 @@ from mae_lightning.segment import Segmentation
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioFolderDataModule",
     "BlockMasking",
     "CIFAR10DataModule",
     "CIFAR100DataModule",

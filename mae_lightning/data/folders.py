@@ -29,8 +29,9 @@ class FolderFiles:
     classes: list[str] = field(default_factory=list)
 
 
-def list_folder(root: Path) -> FolderFiles:
-    """The data files under ``root`` (any image or array suffix), sorted, with labels from class sub-folders.
+def list_folder(root: Path, extensions: tuple[str, ...] = DATA_EXTENSIONS, kind: str = "image or array") -> FolderFiles:
+    """The data files under ``root`` (any image or array suffix; or ``extensions``, files of ``kind`` in messages),
+    sorted, with labels from class sub-folders.
 
     Raises:
         FileNotFoundError: no data file under ``root``, or a class sub-folder without one (one line each).
@@ -40,27 +41,27 @@ def list_folder(root: Path) -> FolderFiles:
         classes = [p.name for p in entries]
         samples = []
         for target, folder in enumerate(entries):
-            files = _data_files(folder)
+            files = _data_files(folder, extensions)
             if not files:
                 raise FileNotFoundError(
-                    f"class folder {str(folder)!r} holds no image or array file ({', '.join(DATA_EXTENSIONS)}): "
+                    f"class folder {str(folder)!r} holds no {kind} file ({', '.join(extensions)}): "
                     "remove it or fill it (data.init_args.root)"
                 )
             samples += [(path, target) for path in files]
         return FolderFiles(root, samples, classes)
-    files = _data_files(root)
+    files = _data_files(root, extensions)
     if not files:
         raise FileNotFoundError(
-            f"no image or array files ({', '.join(DATA_EXTENSIONS)}) found under {str(root)!r} (data.init_args.root)"
+            f"no {kind} files ({', '.join(extensions)}) found under {str(root)!r} (data.init_args.root)"
         )
     return FolderFiles(root, [(path, -1) for path in files])
 
 
-def _data_files(folder: Path) -> list[str]:
+def _data_files(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .ipynb_checkpoints, .git, ...
-        found += [os.path.join(dirpath, name) for name in filenames if name.lower().endswith(DATA_EXTENSIONS)]
+        found += [os.path.join(dirpath, name) for name in filenames if name.lower().endswith(extensions)]
     return sorted(found)
 
 

@@ -124,7 +124,7 @@ def test_keep_ratio_outside_zero_one_is_refused(keep_ratio):
 
 
 def test_unknown_decoder_is_refused():
-    with pytest.raises(ValueError, match="decoder must be 'self' or 'cross', got 'mlp'"):
+    with pytest.raises(ValueError, match="decoder must be 'self', 'cross' or 'local', got 'mlp'"):
         tiny(decoder="mlp")
 
 
