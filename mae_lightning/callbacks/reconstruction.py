@@ -65,7 +65,8 @@ def reconstruction_panels(
 
     Returns:
         ``original``, ``masked``, ``reconstruction``, ``pasted``: (N, C, H, W) in [0, 1];
-        ``mask``: (N, 1, H, W), 1 on hidden pixels.
+        ``mask``: (N, 1, H, W), 1 on hidden pixels; ``pasted_data``: the pasted images in the data's own normalised
+        units, unclipped (what a spectrogram is turned back into sound from).
     """
     _, pred, mask = (forward or model)(imgs, mask_ratio, noise)
     reconstruction = model.prediction_to_pixels(pred.float(), imgs.float())
@@ -87,6 +88,7 @@ def reconstruction_panels(
         "reconstruction": to_pixels(reconstruction),
         "pasted": to_pixels(pasted),
         "mask": pixel_mask,
+        "pasted_data": pasted.float(),
     }
 
 
@@ -145,6 +147,25 @@ def shown_cells(images: Tensor, rgb_bands: Sequence[int] | None = None, min_cell
     return images
 
 
+# Viridis at 9 evenly spaced points: the colour map of spectrograms (dark = quiet), interpolated linearly.
+VIRIDIS = torch.tensor(
+    [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], dtype=torch.float32
+) / 255.0  # fmt: skip
+
+
+def as_spectrograms(panels: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One-channel spectrogram panels (N, 1, n_mels, frames) in [0, 1] drawn as spectrograms are: frequency up (the
+    lowest mel band at the bottom), time across, in :data:`VIRIDIS` colours -> (N, 3, n_mels, frames)."""
+    drawn = {}
+    for key in PANEL_KEYS:
+        x = panels[key][:, 0].flip(-2).clamp(0, 1).cpu() * (len(VIRIDIS) - 1)
+        low = x.floor().long().clamp(max=len(VIRIDIS) - 2)
+        weight = (x - low)[..., None]
+        drawn[key] = ((1 - weight) * VIRIDIS[low] + weight * VIRIDIS[low + 1]).permute(0, 3, 1, 2)
+    return drawn
+
+
 def with_column_labels(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 grid of :func:`panel_grid` -> (HEADER_HEIGHT + H, W, 3) with each column's name above it."""
     cell = (image.shape[1] - GRID_PADDING) // len(COLUMNS) - GRID_PADDING
@@ -183,6 +204,11 @@ def picture_statistics(datamodule) -> tuple[tuple[float, ...] | None, tuple[floa
     return mean, std
 
 
+def is_spectrogram_data(datamodule) -> bool:
+    """Whether the data are spectrograms (an audio DataModule, whose ``features`` turn sound into them)."""
+    return hasattr(getattr(datamodule, "features", None), "to_audio")
+
+
 class ReconstructionCallback(Callback):
     """Every N validation epochs: a grid of original | masked | reconstruction | reconstruction + visible patches.
 
@@ -194,7 +220,8 @@ class ReconstructionCallback(Callback):
     ``val/recon_psnr_masked`` and ``val/recon_ssim_masked`` logged. On ``predict`` the grid of the first
     batch is written as ``reconstructions/predict.png``. Every process runs the model on its own first
     images, through the strategy's wrapper (under FSDP a forward needs all of them); global rank 0 alone
-    logs and writes.
+    logs and writes. Spectrograms (audio data) are drawn as spectrograms (frequency up, a colour map), and with
+    W&B each shown recording and its reconstruction are logged as sound too (``val/sound``, Griffin-Lim).
 
     Args:
         num_images: images shown (rows of the grid).
@@ -269,14 +296,21 @@ class ReconstructionCallback(Callback):
         psnr, ssim = masked_region_quality(panels)
         pl_module.log("val/recon_psnr_masked", psnr, rank_zero_only=True)
         pl_module.log("val/recon_ssim_masked", ssim, rank_zero_only=True)
-        image = self._picture(panels)
+        sound = is_spectrogram_data(trainer.datamodule)
+        shown = as_spectrograms(panels) if sound else panels
+        image = self._picture(shown)
         caption = f"epoch {trainer.current_epoch}: {caption}"
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb_loggers:
-            columns, rows = self._table(panels, trainer.current_epoch)
+            columns, rows = self._table(panels, shown, trainer.current_epoch)
+        if wandb_loggers and sound:
+            audios, captions, rate = self._sounds(trainer, panels)
         for logger in wandb_loggers:
             logger.log_image("val/reconstruction", images=[image], caption=[caption], step=trainer.global_step)
             logger.log_table("val/reconstruction_table", columns=columns, data=rows, step=trainer.global_step)
+            if sound:
+                rates = [rate] * len(audios)
+                logger.log_audio("val/sound", audios, step=trainer.global_step, caption=captions, sample_rate=rates)
         if not wandb_loggers and not trainer.fast_dev_run:  # a debug run leaves no files, as Lightning's own
             self._write(image, self._dir / f"epoch={trainer.current_epoch:04d}.png", caption)
 
@@ -288,16 +322,19 @@ class ReconstructionCallback(Callback):
         if batch_idx or dataloader_idx or not isinstance(getattr(pl_module, "model", None), MaskedAutoencoder):
             return
         panels, caption = self._draw(trainer, pl_module, batch[0][: self.num_images])
+        if is_spectrogram_data(trainer.datamodule):
+            panels = as_spectrograms(panels)
         if trainer.is_global_zero and not trainer.fast_dev_run:
             self._write(self._picture(panels), self._dir / "predict.png", caption)
 
-    def _table(self, panels: dict[str, Tensor], epoch: int) -> tuple[list[str], list[list]]:
-        """The columns and rows of the W&B table: per shown image its panels, PSNR and SSIM, and label."""
+    def _table(self, panels: dict[str, Tensor], shown: dict[str, Tensor], epoch: int) -> tuple[list[str], list[list]]:
+        """The columns and rows of the W&B table: per shown image its panels (as ``shown``: spectrograms in
+        colour), PSNR and SSIM, and label."""
         import wandb
 
         squared_error, ssim_sum, count = _masked_region_sums(panels)  # per image, as masked_region_quality
         psnr, ssim = _psnr(squared_error, count), ssim_sum / count
-        cells = {key: shown_cells(panels[key], self.rgb_bands) for key in PANEL_KEYS}
+        cells = {key: shown_cells(shown[key], self.rgb_bands) for key in PANEL_KEYS}
         columns = list(TABLE_COLUMNS)
         rows = [
             [epoch, i, *(wandb.Image(to_uint8(cells[key][i])) for key in PANEL_KEYS), p, s]
@@ -312,6 +349,20 @@ class ReconstructionCallback(Callback):
 
     def _picture(self, panels: dict[str, Tensor]) -> np.ndarray:
         return with_column_labels(to_uint8(panel_grid(panels, self.rgb_bands)))
+
+    def _sounds(self, trainer: Trainer, panels: dict[str, Tensor]) -> tuple[list[np.ndarray], list[str], int]:
+        """The shown spectrograms and their reconstructions (visible patches pasted back) as sound, by Griffin-Lim."""
+        data = trainer.datamodule
+        mean, std = data.mean[0], data.std[0]
+        audios, captions = [], []
+        for i in range(len(self._images)):
+            for name, spectrogram in (
+                ("original", self._images[i, 0]),
+                ("reconstruction", panels["pasted_data"][i, 0]),
+            ):
+                audios.append(data.features.to_audio(spectrogram.float().cpu() * std + mean))
+                captions.append(f"{i}: {name}")
+        return audios, captions, data.features.sample_rate
 
     @staticmethod
     def _write(image: np.ndarray, path: Path, caption: str) -> None:
