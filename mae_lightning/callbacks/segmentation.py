@@ -161,7 +161,8 @@ class SegmentationReport(Callback):
                 "val/per_class_iou", columns=["class", "IoU", "accuracy"], data=rows, step=trainer.global_step
             )
             if draw:
-                logger.log_image("val/segmentation", images=self._wandb_images(names), step=trainer.global_step)
+                images, masks = self._wandb_images(names)
+                logger.log_image("val/segmentation", images=images, masks=masks, step=trainer.global_step)
         if not wandb_loggers:
             self._dir.mkdir(parents=True, exist_ok=True)
             table = self._dir / "per_class_iou.csv"
@@ -175,22 +176,20 @@ class SegmentationReport(Callback):
                 Image.fromarray(picture).save(self._dir / f"epoch={epoch:04d}.png")
         self._shown = None
 
-    def _wandb_images(self, class_names: Sequence[str]) -> list:
-        """W&B images with the ground truth and the prediction as mask overlays (void left out of the labels)."""
-        import wandb
-
+    def _wandb_images(self, class_names: Sequence[str]) -> tuple[list[np.ndarray], list[dict]]:
+        """The images and, for each, the ground truth and the prediction as W&B mask overlays (void left out of the
+        labels): ``log_image``'s ``images`` and ``masks``. Not ``wandb.Image`` objects: ``log_image`` wraps each image
+        in one again, and a ``wandb.Image`` made of another drops its masks."""
         shown, masks, preds = self._shown
         labels = dict(enumerate(class_names))
-        return [
-            wandb.Image(
-                to_uint8(image),
-                masks={
-                    "ground_truth": {"mask_data": mask.astype(np.int64), "class_labels": labels},
-                    "prediction": {"mask_data": pred.astype(np.int64), "class_labels": labels},
-                },
-            )
-            for image, mask, pred in zip(shown, masks.numpy(), preds.numpy(), strict=True)
+        overlays = [
+            {
+                "ground_truth": {"mask_data": mask.astype(np.int64), "class_labels": labels},
+                "prediction": {"mask_data": pred.astype(np.int64), "class_labels": labels},
+            }
+            for mask, pred in zip(masks.numpy(), preds.numpy(), strict=True)
         ]
+        return [to_uint8(image) for image in shown], overlays
 
 
 def _number(value: Tensor) -> float | None:
