@@ -4,6 +4,7 @@ the tests compare against is in reference.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -13,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from PIL import Image
 
 from mae_lightning import DigitsDataModule, MAEPretraining, MaskedAutoencoder, VisionTransformer
 
@@ -254,3 +257,58 @@ def cli_checkpoint(path: Path, model: torch.nn.Module, model_args: dict, **modul
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(contents, path)
     return path
+
+
+def summed_groups(folder: Path, world_size: int) -> dict[tuple[float, float], int]:
+    """(weight decay, lr scale) -> parameter elements over all ranks, from OptimizerGroupSizes' files."""
+    total: dict[tuple[float, float], int] = {}
+    for rank in range(world_size):
+        for group in json.loads((folder / f"groups_rank{rank}.json").read_text()):
+            key = (group["weight_decay"], group["lr_scale"])
+            total[key] = total.get(key, 0) + group["numel"]
+    return {key: value for key, value in total.items() if value}
+
+
+# ---------------------------------------------------------------------------- segmentation runs
+CAMVID = str(CONFIGS / "segment" / "camvid.yaml")
+NAMES = ["dark", "grey", "light"]
+
+
+def write_pairs(folder, sizes, seed):
+    """Grey images whose three vertical bands are three classes, each with its own brightness, plus noise."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir(parents=True)
+    for i, (height, width) in enumerate(sizes):
+        mask = np.zeros((height, width), dtype=np.uint8)
+        cut = sorted(rng.integers(4, width - 4, size=2))
+        mask[:, cut[0] :], mask[:, cut[1] :] = 1, 2
+        mask[: height // 5] = 255  # void
+        image = np.clip(mask.astype(float) * 90 + 20 + rng.normal(0, 8, mask.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"frame_{i:03d}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"frame_{i:03d}.png")
+
+
+def camvid_args(root, *extra):
+    """configs/segment/camvid.yaml on the small scenes: 3 classes, 1 channel, a tiny head, one short epoch."""
+    return [
+        "--config", CAMVID,
+        "--model.init_args.pretrained", str(root / "mae.ckpt"),
+        "--model.init_args.model.init_args.num_classes", "3",
+        "--model.init_args.model.init_args.head_channels", "16",
+        "--model.init_args.model.init_args.auxiliary_channels", "8",
+        "--model.init_args.ignore_index", "255",
+        "--data.init_args.root", str(root / "scenes"),
+        "--data.init_args.num_classes", "3",
+        "--data.init_args.ignore_index", "255",
+        "--data.init_args.class_names", str(NAMES),
+        "--data.init_args.img_size", "[16, 24]",
+        "--data.init_args.in_chans", "1",
+        "--data.init_args.mean", "[0.5]",
+        "--data.init_args.std", "[0.25]",
+        "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0",
+        "--trainer.max_epochs", "2",
+        "--trainer.default_root_dir", str(root / "runs"),
+        *QUIET, *extra,
+    ]  # fmt: skip

@@ -8,7 +8,6 @@ run under DDP and FSDP; ``val/loss`` does not depend on the number of processes.
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import DDP, TESTS, clean_env, read_losses, resumable_run, run_cli, tiny_run, tiny_vit
+from tests.helpers import (
+    DDP,
+    TESTS,
+    clean_env,
+    read_losses,
+    resumable_run,
+    run_cli,
+    summed_groups,
+    tiny_run,
+    tiny_vit,
+)
 
 SCRIPT = TESTS / "ddp_run.py"
 BATCH, STEPS, BASE_LR = 4, 3, 2e-2
@@ -109,16 +118,6 @@ def monitored_run(strategy: str) -> str:
       init_args: {{dirpath: groups}}"""
     # fused AdamW has no CPU kernel for FSDP's flat shards in every torch version: the plain one is the same update.
     return tiny_run(DIGITS, trainer, "warmup_epochs: 0\n    fused_adamw: false")
-
-
-def summed_groups(folder: Path, world_size: int) -> dict[tuple[float, float], int]:
-    """(weight decay, lr scale) -> parameter elements over all ranks, from OptimizerGroupSizes' files."""
-    total: dict[tuple[float, float], int] = {}
-    for rank in range(world_size):
-        for group in json.loads((folder / f"groups_rank{rank}.json").read_text()):
-            key = (group["weight_decay"], group["lr_scale"])
-            total[key] = total.get(key, 0) + group["numel"]
-    return {key: value for key, value in total.items() if value}
 
 
 @pytest.mark.slow

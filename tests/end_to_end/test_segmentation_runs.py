@@ -13,26 +13,20 @@ import torch
 from PIL import Image
 
 from mae_lightning.cli import main
-from tests.helpers import CONFIGS, QUIET, TINY_MAE, cli_checkpoint, run_cli, tiny_mae
+from tests.helpers import (
+    CONFIGS,
+    NAMES,
+    QUIET,
+    TINY_MAE,
+    camvid_args,
+    cli_checkpoint,
+    run_cli,
+    summed_groups,
+    tiny_mae,
+    write_pairs,
+)
 
-CAMVID = str(CONFIGS / "segment" / "camvid.yaml")
 PREDICT = str(CONFIGS / "segment" / "predict.yaml")
-NAMES = ["dark", "grey", "light"]
-
-
-def write_pairs(folder, sizes, seed):
-    """Grey images whose three vertical bands are three classes, each with its own brightness, plus noise."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir(parents=True)
-    for i, (height, width) in enumerate(sizes):
-        mask = np.zeros((height, width), dtype=np.uint8)
-        cut = sorted(rng.integers(4, width - 4, size=2))
-        mask[:, cut[0] :], mask[:, cut[1] :] = 1, 2
-        mask[: height // 5] = 255  # void
-        image = np.clip(mask.astype(float) * 90 + 20 + rng.normal(0, 8, mask.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"frame_{i:03d}.png")
-        Image.fromarray(mask).save(folder / "masks" / f"frame_{i:03d}.png")
 
 
 @pytest.fixture
@@ -42,31 +36,6 @@ def segmentation_data(tmp_path):
     # As the command line writes a pretraining checkpoint: the model's arguments recorded with its weights.
     cli_checkpoint(tmp_path / "mae.ckpt", tiny_mae(seed=0, depth=4), {**TINY_MAE, "depth": 4})
     return tmp_path
-
-
-def camvid_args(root, *extra):
-    """configs/segment/camvid.yaml on the small scenes: 3 classes, 1 channel, a tiny head, one short epoch."""
-    return [
-        "--config", CAMVID,
-        "--model.init_args.pretrained", str(root / "mae.ckpt"),
-        "--model.init_args.model.init_args.num_classes", "3",
-        "--model.init_args.model.init_args.head_channels", "16",
-        "--model.init_args.model.init_args.auxiliary_channels", "8",
-        "--model.init_args.ignore_index", "255",
-        "--data.init_args.root", str(root / "scenes"),
-        "--data.init_args.num_classes", "3",
-        "--data.init_args.ignore_index", "255",
-        "--data.init_args.class_names", str(NAMES),
-        "--data.init_args.img_size", "[16, 24]",
-        "--data.init_args.in_chans", "1",
-        "--data.init_args.mean", "[0.5]",
-        "--data.init_args.std", "[0.25]",
-        "--data.init_args.batch_size", "4",
-        "--data.init_args.num_workers", "0",
-        "--trainer.max_epochs", "2",
-        "--trainer.default_root_dir", str(root / "runs"),
-        *QUIET, *extra,
-    ]  # fmt: skip
 
 
 def test_the_camvid_config_segments_from_a_checkpoint_path_alone_and_predict_writes_masks(
@@ -154,3 +123,39 @@ def test_the_ade20k_config_is_the_papers_recipe_and_trains_a_step_on_its_layout(
     assert trainer.global_step == 1
     raw = torch.from_numpy(np.asarray(Image.open(data.train_set.samples[0][1])).astype(np.int64))
     assert torch.equal(data.mask_labels(raw, "x"), torch.where(raw == 0, 255, raw - 1))
+
+
+FSDP = """
+trainer:
+  devices: 2
+  strategy:
+    class_path: cli_plugins.CPUFSDPStrategy
+    init_args:
+      auto_wrap_policy: [mae_lightning.models.vit.Block]
+      state_dict_type: full
+  callbacks+:
+    - class_path: cli_plugins.OptimizerGroupSizes
+      init_args: {dirpath: groups}
+"""
+
+
+@pytest.mark.slow
+def test_segmentation_under_fsdp_keeps_the_layer_decay_groups_and_validates(segmentation_data):
+    """Two FSDP processes train and validate (images of several sizes, one pass each on every process); per
+    (weight decay, lr scale), the shards of both ranks hold exactly the unwrapped segmenter's elements."""
+    from mae_lightning import Segmenter
+    from mae_lightning.optim import param_groups_layer_decay
+
+    root = segmentation_data
+    (root / "fsdp.yaml").write_text(FSDP)
+    result = run_cli(root, "fit", *camvid_args(root, "--config", "fsdp.yaml", "--trainer.max_epochs", "1"))
+    assert re.search(r"val: mIoU [0-9.]+", result.stdout + result.stderr)
+
+    model = Segmenter(img_size=(16, 24), patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=4, num_heads=2,
+                      head_channels=16, auxiliary_channels=8)  # fmt: skip
+    expected: dict[tuple[float, float], int] = {}
+    for group in param_groups_layer_decay(model, 0.05, 0.65, no_weight_decay=model.no_weight_decay()):
+        key = (group["weight_decay"], group["lr_scale"])
+        expected[key] = expected.get(key, 0) + sum(p.numel() for p in group["params"])
+    assert len(expected) == 12  # 6 depths (embedding, 4 blocks, the head) x (decay, no decay)
+    assert summed_groups(root / "groups", 2) == expected

@@ -15,16 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.end_to_end.test_segmentation_runs import CAMVID, NAMES, camvid_args, write_pairs
 from tests.helpers import (
+    CAMVID,
     CONFIGS,
+    NAMES,
     QUIET,
     TINY_MAE,
     WANDB_CONFIG,
+    camvid_args,
     cli_checkpoint,
     offline_run,
     tiny_mae,
     wandb_records,
+    write_pairs,
 )
 
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
