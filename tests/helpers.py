@@ -152,15 +152,16 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def offline_run(wandb_home: Path, *extra: str, config: str = QUICKSTART):
-    """Fit ``config`` with the W&B fragment offline; returns the CLI and the offline run's folder."""
+def offline_run(wandb_home: Path, *extra: str, config: str = QUICKSTART, fast: tuple[str, ...] = tuple(FAST_16PX)):
+    """Fit ``config`` with the W&B fragment offline, ``fast`` then ``extra`` after it; returns the CLI and the
+    offline run's folder."""
     import wandb
 
     from mae_lightning.cli import main
 
     save_dir = wandb_home / "logs"
     argv = ["fit", "--config", config, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
-    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *FAST_16PX, *extra]
+    argv += ["--trainer.logger.init_args.save_dir", str(save_dir), *fast, *extra]
     try:
         cli = main(argv)
         assert cli.trainer.state.finished

@@ -21,7 +21,6 @@ from tests.helpers import (
     NAMES,
     QUIET,
     TINY_MAE,
-    WANDB_CONFIG,
     camvid_args,
     cli_checkpoint,
     offline_run,
@@ -137,25 +136,6 @@ def _recordings(root: Path) -> Path:
     return root
 
 
-def _offline_fit(wandb_home: Path, config: str, *extra: str):
-    """``offline_run`` without its FAST_16PX: a spectrogram's img_size is (mel bins, frames), and 16 is refused."""
-    import wandb
-
-    from mae_lightning.cli import main
-
-    save_dir = wandb_home / "logs"
-    argv = ["fit", "--config", config, "--config", WANDB_CONFIG, "--trainer.logger.init_args.offline", "true"]
-    try:
-        cli = main([*argv, "--trainer.logger.init_args.save_dir", str(save_dir), *QUIET, *extra])
-        assert cli.trainer.state.finished
-    finally:
-        wandb.finish()
-        wandb.teardown()
-    runs = list((save_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, runs
-    return cli, runs[0]
-
-
 def test_reconstruction_of_spectrograms_logs_sound_and_a_colour_picture(wandb_home: Path):
     for module in ("soundfile", "soxr", "librosa"):
         pytest.importorskip(module)
@@ -167,7 +147,8 @@ def test_reconstruction_of_spectrograms_logs_sound_and_a_colour_picture(wandb_ho
     argv += ["--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
     argv += [f"--model.init_args.model.init_args.{name}={value}" for name, value in model.items()]
     argv += [*SHORT, "--trainer.check_val_every_n_epoch", "1", "--trainer.callbacks", callbacks]
-    cli, run = _offline_fit(wandb_home, str(CONFIGS / "audio" / "fsdd.yaml"), *argv)
+    # Not offline_run's FAST_16PX: a spectrogram's img_size is (mel bins, frames), and 16 is refused.
+    cli, run = offline_run(wandb_home, *argv, config=str(CONFIGS / "audio" / "fsdd.yaml"), fast=tuple(QUIET))
     assert cli.datamodule.features.sample_rate == SR
     _, history = _history(run)
 
