@@ -12,6 +12,8 @@ Runs, one after the other, in ``--out`` (``--data`` as seen from there):
    network, data, augmentation, epochs and lr, the size stated, ``layer_decay: 1.0``: no pretrained features to keep);
 4. ``configs/audio/fsdd_linprobe.yaml`` of the random-masking MAE and of the random encoder.
 
+``--parts`` runs some of the steps: ``masking`` (1), ``untrained`` (2), ``transfer`` (3 and 4).
+
 Prints the minutes of each run and a Markdown table of the scores read from each run's ``metrics.csv``.
 """
 
@@ -59,6 +61,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/fsdd", help="the FSDD folder, as seen from --out")
     parser.add_argument("--out", type=Path, required=True, help="working folder of the runs")
+    steps = ["masking", "untrained", "transfer"]
+    parser.add_argument(
+        "--parts", nargs="+", default=steps, choices=steps,
+        help="steps to run (transfer reads <out>/runs/audio_fsdd_random: the random-masking pretraining)",
+    )  # fmt: skip
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -67,19 +74,22 @@ def main() -> None:
     random_init += [f"--model.init_args.model.init_args.{key}={value}" for key, value in ENCODER.items()]
     rows = []
 
-    for name, class_path in MASKINGS.items():
+    for name, class_path in MASKINGS.items() if "masking" in args.parts else ():
         run = f"audio_fsdd_{name}"
         masking = ["--model.init_args.model.init_args.masking", class_path, "--trainer.default_root_dir", f"runs/{run}"]
         minutes = cli("fit", ["--config", str(CONFIGS / "fsdd.yaml"), *data, *masking], out, out / f"{run}.log")
         rows.append((f"pretrain, {name} masking", minutes, "kNN top-1", last(out / "runs" / run, "val/knn_top1")))
 
-    run = "audio_fsdd_untrained"
-    validate = ["--config", str(CONFIGS / "fsdd.yaml"), *data, "--trainer.default_root_dir", f"runs/{run}"]
-    minutes = cli("validate", validate, out, out / f"{run}.log")
-    rows.append(("random initialisation (no training)", minutes, "kNN top-1", last(out / "runs" / run, "val/knn_top1")))
+    if "untrained" in args.parts:
+        run = "audio_fsdd_untrained"
+        validate = ["--config", str(CONFIGS / "fsdd.yaml"), *data, "--trainer.default_root_dir", f"runs/{run}"]
+        minutes = cli("validate", validate, out, out / f"{run}.log")
+        knn = last(out / "runs" / run, "val/knn_top1")
+        rows.append(("random initialisation (no training)", minutes, "kNN top-1", knn))
 
     mae = ["--model.init_args.pretrained", "runs/audio_fsdd_random/checkpoints/last.ckpt"]
-    for protocol, config in (("fine-tune", "fsdd_finetune.yaml"), ("linear probe", "fsdd_linprobe.yaml")):
+    transfers = (("fine-tune", "fsdd_finetune.yaml"), ("linear probe", "fsdd_linprobe.yaml"))
+    for protocol, config in transfers if "transfer" in args.parts else ():
         for start, extra in (("MAE (random masking)", mae), ("random init", random_init)):
             if protocol == "fine-tune" and start == "random init":
                 extra = [*extra, "--model.init_args.layer_decay", "1.0"]

@@ -195,7 +195,7 @@ def test_ade20k_layout_with_reduce_zero_label(tmp_path):
     # Label 4 becomes 3, outside the 3 classes.
     raw[0, 0] = 4
     write_mask(root / "annotations" / "training" / "ADE_1.png", raw)
-    with pytest.raises(BadMaskError, match=r"ADE_1\.png: labels \[3\] are outside \[0, 3\)") as err:
+    with pytest.raises(BadMaskError, match=r"ADE_1\.png: labels \[3\] \(after reduce_zero_label\) are outside \[0, 3\)") as err:
         dm.train_set[1]
     one_line(err)
 
