@@ -37,6 +37,9 @@ IMAGENET_RECIPES = ("pretrain", "finetune", "linprobe")
 IMAGENET_SIZES = ("base", "large", "huge")
 IMAGENET = sorted(CONFIGS.glob("imagenet/*.yaml"))
 SWEEPS = sorted(CONFIGS.glob("sweeps/*.yaml"))  # `wandb sweep <file>`; checked in tests/end_to_end/test_sweeps.py
+# Segmentation and audio: fit --config <file>; segment/predict.yaml stacks on segment/camvid.yaml (run end to end in
+# tests/end_to_end/test_segmentation_runs.py and test_audio_runs.py).
+TASKS = sorted(CONFIGS.glob("segment/*.yaml")) + sorted(CONFIGS.glob("audio/*.yaml"))
 
 
 # The paper's encoders (patch_size, embed_dim, depth, num_heads) and fine-tuning recipes (base lr, layer decay,
@@ -110,6 +113,7 @@ def test_every_config_belongs_to_a_group():
     """A new YAML in configs/ must be covered by one of the parse tests below (or this test is updated)."""
     found = {p for p in CONFIGS.rglob("*") if p.suffix in (".yaml", ".yml")}
     grouped = set(TOP_LEVEL) | set(MODEL_PRESETS) | set(LOGGERS) | set(FRAGMENTS) | set(EVALUATION) | set(SWEEPS)
+    grouped |= set(TASKS)
     grouped |= {
         Path(arg) for recipe in IMAGENET_RECIPES for size in IMAGENET_SIZES for arg in imagenet_config(recipe, size)
     }
@@ -122,6 +126,15 @@ def test_top_level_config_parses(path: Path, capsys):
     config = print_config(capsys, "--config", str(path))
     assert config["model"]["class_path"] == "mae_lightning.MAEPretraining"
     assert config["model"]["init_args"]["model"]["class_path"] == "mae_lightning.MaskedAutoencoder"
+    assert config["data"]["class_path"].startswith("mae_lightning.")
+    assert config["data"]["class_path"].endswith("DataModule")
+
+
+@pytest.mark.parametrize("path", TASKS, ids=_rel)
+def test_segmentation_and_audio_configs_parse(path: Path, capsys):
+    first = [CONFIGS / "segment" / "camvid.yaml"] if path.name == "predict.yaml" else []
+    config = print_config(capsys, *(arg for file in (*first, path) for arg in ("--config", str(file))))
+    assert config["model"]["class_path"].startswith("mae_lightning.")
     assert config["data"]["class_path"].startswith("mae_lightning.")
     assert config["data"]["class_path"].endswith("DataModule")
 
