@@ -299,7 +299,6 @@ class SegmentationDataModule(MAEDataModule):
         stats_files: int = 256,
         **kwargs,
     ) -> None:
-        kwargs.setdefault("crop_scale", (0.25, 1.0))
         super().__init__(**kwargs)
         self.root = Path(root)
         if not self.root.is_dir():
