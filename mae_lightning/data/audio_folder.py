@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from mae_lightning.data.audio import AUDIO_EXTENSIONS, FixedFrames, LogMel, ReadSpectrogram, SpecAugment
 from mae_lightning.data.base import MAEDataModule
-from mae_lightning.data.datasets import FileList, SkipUnreadable, UnreadableImageError
+from mae_lightning.data.datasets import FileList, SkipUnreadable, check_first_readable
 from mae_lightning.data.folders import FolderFiles, list_folder
 from mae_lightning.data.pipelines import Pipeline
 
@@ -170,16 +170,8 @@ class AudioFolderDataModule(MAEDataModule):
 
     def _check_readable(self, files: FolderFiles) -> None:
         """Read recordings in order up to the first good one, so a folder of unreadable files stops the run now."""
-        first_error = None
-        for path, _ in files.samples:
-            try:
-                self.loader(path)
-                return
-            except UnreadableImageError as err:
-                first_error = first_error or err
-        raise ValueError(
-            f"none of the {len(files.samples)} audio files under {str(files.root)!r} can be read (first: {first_error})"
-        )
+        what = f"audio files under {str(files.root)!r}"
+        check_first_readable(lambda i: self.loader(files.samples[i][0]), len(files.samples), what, self.in_chans)
 
     @property
     def classes(self) -> list[str]:

@@ -177,3 +177,31 @@ class SkipUnreadable(Dataset):
                 f"data.init_args.max_bad_image_fraction={self.max_bad_fraction}: fix or remove them, "
                 "or raise that setting (a value in [0, 1])"
             )
+
+
+def check_first_readable(read: Callable[[int], object], count: int, what: str, in_chans: int) -> None:
+    """Read items ``0, 1, ...`` with ``read`` up to the first that reads, so that data no worker could use stops a run
+    before it starts, in one line: a file of another band count than ``in_chans`` at once (the arrays'
+    ``BandCountError``), and ``count`` unreadable items (``what``, e.g. "image files under 'data/train'").
+
+    Raises:
+        ValueError: naming the file of another band count, or the first unreadable one.
+    """
+    from mae_lightning.data.arrays import BandCountError  # arrays.py imports this module
+
+    first_error = None
+    for index in range(count):
+        try:
+            read(index)
+            return
+        except BandCountError as err:
+            raise ValueError(
+                f"{err.path} has {err.bands} bands, but data.init_args.in_chans={in_chans}: set in_chans to the band "
+                "count of the files"
+            ) from None
+        except UnreadableImageError as err:
+            first_error = first_error or err
+    raise ValueError(
+        f"none of the {count} {what} can be read (first: {first_error}): fix them, or point data.init_args.root at "
+        "readable data"
+    )

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mae_lightning.data.arrays import INTERPOLATIONS, BandCountError
+from mae_lightning.data.arrays import INTERPOLATIONS
 from mae_lightning.data.base import MAEDataModule
-from mae_lightning.data.datasets import FileList, SkipUnreadable, UnreadableImageError
+from mae_lightning.data.datasets import FileList, SkipUnreadable, check_first_readable
 from mae_lightning.data.folders import FILE_KINDS, FolderFiles, list_folder, split_by_fraction
 from mae_lightning.data.folders import file_kind as kind_of_files  # the argument file_kind shadows the name
 
@@ -124,23 +124,9 @@ class ImageFolderDataModule(MAEDataModule):
 
     def _check_readable(self, folder: FolderFiles) -> None:
         """Read files of ``folder`` in order up to the first good one: it must have ``in_chans`` bands."""
-        first_error = None
         read = self.pipeline.check_reader(self.loader, self)
-        for path, _ in folder.samples:
-            try:
-                read(path)
-                return
-            except BandCountError as err:
-                raise ValueError(
-                    f"{path} has {err.bands} bands, but data.init_args.in_chans={self.in_chans}: set in_chans "
-                    f"to the band count of the arrays under {str(folder.root)!r}"
-                ) from None
-            except UnreadableImageError as err:
-                first_error = first_error or err
-        raise ValueError(
-            f"none of the {len(folder.samples)} {self.file_kind} files under {str(folder.root)!r} can be read "
-            f"(first: {first_error}): fix them, or point data.init_args.root at readable data"
-        )
+        what = f"{self.file_kind} files under {str(folder.root)!r}"
+        check_first_readable(lambda i: read(folder.samples[i][0]), len(folder.samples), what, self.in_chans)
 
     @property
     def num_classes(self) -> int | None:

@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from mae_lightning.data.arrays import INTERPOLATIONS, BandCountError, ReadArray
+from mae_lightning.data.arrays import INTERPOLATIONS, ReadArray
 from mae_lightning.data.base import MAEDataModule
-from mae_lightning.data.datasets import ReadImage, SkipUnreadable, UnreadableImageError
+from mae_lightning.data.datasets import ReadImage, SkipUnreadable, UnreadableImageError, check_first_readable
 from mae_lightning.data.folders import DATA_EXTENSIONS, FILE_KINDS
 from mae_lightning.data.folders import file_kind as kind_of_files
 from mae_lightning.data.pipelines import Pipeline
@@ -356,19 +356,8 @@ class SegmentationDataModule(MAEDataModule):
 
     def _check_first(self, pairs: list[tuple[str, str]]) -> None:
         """Read pairs in order up to the first readable one: it must have ``in_chans`` bands and fit its mask."""
-        first_error = None
         dataset = PairList(pairs, self.load_image, self.mask_labels)
-        for index in range(len(pairs)):
-            try:
-                dataset[index]
-                return
-            except BandCountError as err:
-                raise ValueError(
-                    f"{pairs[index][0]} has {err.bands} bands, but data.init_args.in_chans={self.in_chans}"
-                ) from None
-            except UnreadableImageError as err:
-                first_error = first_error or err
-        raise ValueError(f"none of the {len(pairs)} image/mask pairs can be read (first: {first_error})")
+        check_first_readable(dataset.__getitem__, len(pairs), "image/mask pairs", self.in_chans)
 
     def build_dataset(self, split: str, transform: Callable | None) -> Dataset | None:
         pairs = self._pairs["train" if split == "train" else "val"]
