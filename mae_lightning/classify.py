@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 from torchvision.transforms import v2
 
-from mae_lightning.models.classifier import VisionTransformer, load_classifier, load_pretrained_encoder
+from mae_lightning.models.classifier import VisionTransformer, load_for_stage
 from mae_lightning.optim import LARS, param_groups_layer_decay
 from mae_lightning.recipe import Recipe, SetupError
 
@@ -96,10 +96,7 @@ class ImageClassification(Recipe):
         return self.model(imgs)
 
     def load_weights_file(self, path: str, stage: str) -> bool:
-        if stage == "fit":
-            load_pretrained_encoder(self.model, path)
-        else:
-            load_classifier(self.model, path)
+        load_for_stage(self.model, path, stage)
         return True
 
     def setup(self, stage: str) -> None:

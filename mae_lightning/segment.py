@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from mae_lightning.models.classifier import load_classifier, load_pretrained_encoder
+from mae_lightning.models.classifier import load_for_stage
 from mae_lightning.models.segmenter import Segmenter, sliding_window
 from mae_lightning.optim import param_groups_layer_decay
 from mae_lightning.recipe import Recipe, SetupError
@@ -154,10 +154,7 @@ class Segmentation(Recipe):
         return classes
 
     def load_weights_file(self, path: str, stage: str) -> bool:
-        if stage == "fit":
-            load_pretrained_encoder(self.model, path)
-        else:
-            load_classifier(self.model, path)
+        load_for_stage(self.model, path, stage)
         return True
 
     def setup(self, stage: str) -> None:

@@ -184,3 +184,12 @@ def load_classifier(model: VisionTransformer, path: str | Path) -> dict[str, str
         raise WeightsMismatchError(f"pretrained checkpoint {str(path)!r}: {err}") from None
     rank_zero_info(f"pretrained checkpoint {str(path)!r}, evaluated as published: {report.message()}")
     return report.resized
+
+
+def load_for_stage(model: VisionTransformer, path: str | Path, stage: str) -> None:
+    """The weights file of a downstream protocol (classifiers, segmentation): ``fit`` starts from its encoder
+    (:func:`load_pretrained_encoder`, the head new); other stages evaluate it as published (:func:`load_classifier`)."""
+    if stage == "fit":
+        load_pretrained_encoder(model, path)
+    else:
+        load_classifier(model, path)
